@@ -1,0 +1,11 @@
+//! SeaORM entities of chatgate: one module per table, shaped like generated code.
+//!
+//! Times are stored as Unix milliseconds (`i64`) so the three supported databases
+//! (SQLite, PostgreSQL, MySQL) agree byte for byte and no timezone ever leaks in.
+//! Money is always an integer number of micros (`i64`).
+
+pub mod conversation;
+pub mod message;
+pub mod prelude;
+pub mod setting;
+pub mod user;

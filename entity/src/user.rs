@@ -1,0 +1,23 @@
+//! `users`: one account, whatever way it logs in (password, guest, WeChat).
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "users")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    /// Login name for password accounts; `None` for guest and WeChat accounts.
+    #[sea_orm(unique)]
+    pub username: Option<String>,
+    /// Argon2id PHC string; `None` when the account has no password.
+    pub password_hash: Option<String>,
+    /// Spendable balance in micros. Never negative.
+    pub balance_micros: i64,
+    pub created_at: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,15 @@
+//! Database migrations of chatgate, applied automatically at start-up
+//! (`Migrator::up(&db, None)`), identical on SQLite, PostgreSQL and MySQL.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_init;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_init::Migration)]
+    }
+}

@@ -1,0 +1,125 @@
+//! The shared state of a running gateway, built once at start-up from the config.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenKeys;
+use crate::chat::answer::AnswerRegistry;
+use crate::config::Config;
+use crate::upstream::Upstream;
+
+pub struct App {
+    pub config: Config,
+    pub db: DatabaseConnection,
+    pub tokens: TokenKeys,
+    pub admin_token: String,
+    /// Whether the admin token was generated (and stored) rather than configured.
+    pub admin_token_generated: bool,
+    pub upstream: Upstream,
+    /// Answers streaming in this process.
+    pub answers: AnswerRegistry,
+    /// Every answer task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Cancelled when the gateway stops; background loops end with it.
+    pub shutdown: CancellationToken,
+}
+
+/// Why the gateway could not start. Displayed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database {url}: {source}")]
+    Database { url: String, source: sea_orm::DbErr },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl App {
+    /// Connects the database (applying migrations), loads or generates the secrets and
+    /// builds the upstream pool.
+    pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
+        let db_err = |source| StartError::Database {
+            url: redact(&config.database_url),
+            source,
+        };
+        let db = crate::db::connect(&config.database_url)
+            .await
+            .map_err(db_err)?;
+        let jwt_secret = match &config.jwt_secret {
+            Some(secret) => secret.clone(),
+            None => {
+                crate::db::setting_or_insert(&db, "jwt_secret", random_secret)
+                    .await
+                    .map_err(db_err)?
+                    .0
+            }
+        };
+        let admin_token_generated = config.admin_token.is_none();
+        let admin_token = match &config.admin_token {
+            Some(token) => token.clone(),
+            None => {
+                crate::db::setting_or_insert(&db, "admin_token", random_secret)
+                    .await
+                    .map_err(db_err)?
+                    .0
+            }
+        };
+        let upstream = Upstream::new(&config).map_err(|e| StartError::Other(e.msg()))?;
+        // Loading the tokenizer takes a moment; do it before the first question.
+        tokio::task::spawn_blocking(crate::tokens::warm_up);
+        Ok(Arc::new(Self {
+            tokens: TokenKeys::new(jwt_secret.as_bytes(), config.jwt_ttl_secs),
+            admin_token,
+            admin_token_generated,
+            upstream,
+            answers: AnswerRegistry::default(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            db,
+            config,
+        }))
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs_f64(self.config.heartbeat_secs)
+    }
+}
+
+/// 64 hex digits from the OS's random source.
+fn random_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}://{}:***@{}", &url[..scheme_end], user, &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            super::redact("postgres://u:pw@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(
+            super::redact("sqlite://x.db?mode=rwc"),
+            "sqlite://x.db?mode=rwc"
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! Accounts and authentication: password hashing, login tokens (HS256 JWT), and the
+//! `/api/auth/*` and `/api/me` handlers.
+
+pub mod handlers;
+pub mod password;
+pub mod token;
+pub mod users;
+
+pub use token::{Claims, TokenKeys};

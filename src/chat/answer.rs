@@ -1,0 +1,409 @@
+//! The server-owned answer: a task reads the upstream, keeps the growing answer in
+//! memory for every attached reader, flushes it to the database now and then, and
+//! stores and bills it once at the end — whether or not any client is still there.
+//!
+//! Readers (the original request, and any number of re-attached `…/stream?offset=N`
+//! requests) share one [`Answer`]. Each reader keeps its own position; a new piece is
+//! announced through a `watch` channel, so the per-chunk path takes only this answer's
+//! own short lock (never one shared across streams) and makes no database call.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::frame_sse::Done;
+use super::{Framing, frame_mp, frame_sse};
+use crate::error::AppError;
+
+/// Where an answer is in its life.
+#[derive(Debug, Clone)]
+pub enum Phase {
+    /// The upstream has not answered yet.
+    Opening,
+    /// Pieces are arriving.
+    Streaming,
+    /// Over: stored and billed.
+    Ended(Ending),
+}
+
+#[derive(Debug, Clone)]
+pub enum Ending {
+    /// Completed, stopped by the user or cut by the time bound: what was produced is
+    /// kept and billed.
+    Done(Arc<Done>),
+    /// The upstream failed; `before_open` when it never answered (then an SSE client
+    /// still gets a real HTTP status).
+    Failed { error: AppError, before_open: bool },
+}
+
+/// One upstream event as it was received, and the answer text it added.
+struct Piece {
+    raw: Bytes,
+    text: Range<usize>,
+}
+
+struct Live {
+    content: String,
+    pieces: Vec<Piece>,
+    phase: Phase,
+}
+
+pub struct Answer {
+    pub message_id: String,
+    pub conversation_id: String,
+    pub user_id: i64,
+    live: Mutex<Live>,
+    changed: watch::Sender<()>,
+    /// Cancelled by `POST /api/messages/{id}/stop`.
+    pub stop: CancellationToken,
+}
+
+impl Answer {
+    pub fn new(message_id: String, conversation_id: String, user_id: i64) -> Arc<Self> {
+        Arc::new(Self {
+            message_id,
+            conversation_id,
+            user_id,
+            live: Mutex::new(Live {
+                content: String::new(),
+                pieces: Vec::new(),
+                phase: Phase::Opening,
+            }),
+            changed: watch::Sender::new(()),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        // A panic while holding this lock leaves plain data behind; keep serving it.
+        self.live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn set_streaming(&self) {
+        self.live().phase = Phase::Streaming;
+        self.changed.send_replace(());
+    }
+
+    /// Appends one upstream event and the text it carries, and wakes the readers.
+    pub fn push(&self, raw: Bytes, text: &str) {
+        {
+            let mut live = self.live();
+            let start = live.content.len();
+            live.content.push_str(text);
+            let end = live.content.len();
+            live.pieces.push(Piece {
+                raw,
+                text: start..end,
+            });
+        }
+        self.changed.send_replace(());
+    }
+
+    pub fn end(&self, ending: Ending) {
+        self.live().phase = Phase::Ended(ending);
+        self.changed.send_replace(());
+    }
+
+    pub fn content(&self) -> String {
+        self.live().content.clone()
+    }
+
+    pub fn content_len(&self) -> usize {
+        self.live().content.len()
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.live().phase.clone()
+    }
+
+    /// Waits until the upstream answered (or the answer ended); returns the phase.
+    pub async fn opened(&self) -> Phase {
+        let mut rx = self.changed.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let phase = self.phase();
+            if !matches!(phase, Phase::Opening) {
+                return phase;
+            }
+            if rx.changed().await.is_err() {
+                return self.phase();
+            }
+        }
+    }
+
+    /// Waits until the answer is over.
+    pub async fn ended(&self) -> Ending {
+        let mut rx = self.changed.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Phase::Ended(ending) = self.phase() {
+                return ending;
+            }
+            if rx.changed().await.is_err()
+                && let Phase::Ended(ending) = self.phase()
+            {
+                return ending;
+            }
+        }
+    }
+
+    /// A reader that sends the answer from code point `offset` on (`None` = from the
+    /// start, relaying the upstream's own events in SSE framing).
+    pub fn reader(
+        self: &Arc<Self>,
+        framing: Framing,
+        offset: Option<usize>,
+        heartbeat: Duration,
+    ) -> Reader {
+        Reader {
+            answer: Arc::clone(self),
+            rx: self.changed.subscribe(),
+            next_piece: 0,
+            resume_from: offset,
+            framing,
+            heartbeat,
+            state: ReaderState::Streaming,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReaderState {
+    Streaming,
+    /// Only the mini-program terminal frame is left to send, as its own chunk.
+    Terminal,
+    Finished,
+}
+
+/// One client's view of an answer: yields the HTTP chunks to send.
+pub struct Reader {
+    answer: Arc<Answer>,
+    rx: watch::Receiver<()>,
+    next_piece: usize,
+    resume_from: Option<usize>,
+    framing: Framing,
+    heartbeat: Duration,
+    state: ReaderState,
+}
+
+impl Reader {
+    /// The next chunk to send: whole frames only; `None` when the response is complete.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        match self.state {
+            ReaderState::Finished => return None,
+            ReaderState::Terminal => {
+                self.state = ReaderState::Finished;
+                return Some(Bytes::from_static(frame_mp::TERMINAL));
+            }
+            ReaderState::Streaming => {}
+        }
+        let deadline = Instant::now() + self.heartbeat;
+        loop {
+            self.rx.borrow_and_update();
+            let mut out = BytesMut::new();
+            self.collect(&mut out);
+            if !out.is_empty() {
+                return Some(out.freeze());
+            }
+            tokio::select! {
+                changed = self.rx.changed() => {
+                    if changed.is_err() {
+                        // The answer is gone without an ending: cannot happen while we
+                        // hold an `Arc` to it, but never spin.
+                        self.state = ReaderState::Finished;
+                        return None;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let mut out = BytesMut::new();
+                    match self.framing {
+                        Framing::MiniProgram => frame_mp::write_heartbeat(&mut out),
+                        Framing::Sse => frame_sse::write_keepalive(&mut out),
+                    }
+                    return Some(out.freeze());
+                }
+            }
+        }
+    }
+
+    /// Frames everything new since the last call into `out`.
+    fn collect(&mut self, out: &mut BytesMut) {
+        let live = self.answer.live();
+        if let Some(offset) = self.resume_from.take() {
+            let start = byte_offset(&live.content, offset);
+            let rest = &live.content[start..];
+            if !rest.is_empty() {
+                match self.framing {
+                    Framing::MiniProgram => frame_mp::write_content(out, rest),
+                    Framing::Sse => frame_sse::write_content(out, rest),
+                }
+            }
+            self.next_piece = live.pieces.len();
+        }
+        for piece in &live.pieces[self.next_piece..] {
+            match self.framing {
+                Framing::MiniProgram => {
+                    if !piece.text.is_empty() {
+                        frame_mp::write_content(out, &live.content[piece.text.clone()]);
+                    }
+                }
+                // Pieces mirrored from the database carry no upstream event.
+                Framing::Sse if piece.raw.is_empty() => {
+                    if !piece.text.is_empty() {
+                        frame_sse::write_content(out, &live.content[piece.text.clone()]);
+                    }
+                }
+                Framing::Sse => frame_sse::write_event(out, &piece.raw),
+            }
+        }
+        self.next_piece = live.pieces.len();
+        if let Phase::Ended(ending) = &live.phase {
+            // A mini-program error frame travels alone: the legacy client treats a
+            // whole callback holding `error` as one error frame.
+            let error_waits = matches!(ending, Ending::Failed { .. }) && !out.is_empty();
+            if self.framing == Framing::MiniProgram && error_waits {
+                return;
+            }
+            match (self.framing, ending) {
+                (Framing::MiniProgram, Ending::Done(done)) => frame_mp::write_done(out, done),
+                (Framing::Sse, Ending::Done(done)) => frame_sse::write_done(out, done),
+                (Framing::MiniProgram, Ending::Failed { error, .. }) => error.write_mp_frame(out),
+                (Framing::Sse, Ending::Failed { error, .. }) => error.write_sse_frame(out),
+            }
+            self.state = match self.framing {
+                Framing::MiniProgram => ReaderState::Terminal,
+                Framing::Sse => ReaderState::Finished,
+            };
+        }
+    }
+}
+
+/// The byte offset of code point `chars` in `text` (its length when `chars` is past the end).
+pub fn byte_offset(text: &str, chars: usize) -> usize {
+    text.char_indices()
+        .nth(chars)
+        .map_or(text.len(), |(i, _)| i)
+}
+
+/// The answers streaming in this process, by message id. Locked only to add, find or
+/// remove an answer — never per chunk.
+#[derive(Default)]
+pub struct AnswerRegistry {
+    answers: Mutex<HashMap<String, Arc<Answer>>>,
+}
+
+impl AnswerRegistry {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Answer>>> {
+        self.answers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert(&self, answer: Arc<Answer>) {
+        self.map().insert(answer.message_id.clone(), answer);
+    }
+
+    pub fn get(&self, message_id: &str) -> Option<Arc<Answer>> {
+        self.map().get(message_id).cloned()
+    }
+
+    pub fn remove(&self, message_id: &str) {
+        self.map().remove(message_id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stops every answer (the end of a shutdown grace period).
+    pub fn stop_all(&self) {
+        for answer in self.map().values() {
+            answer.stop.cancel();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_offsets_count_code_points() {
+        assert_eq!(byte_offset("a你😀b", 0), 0);
+        assert_eq!(byte_offset("a你😀b", 1), 1);
+        assert_eq!(byte_offset("a你😀b", 2), 4);
+        assert_eq!(byte_offset("a你😀b", 3), 8);
+        assert_eq!(byte_offset("a你😀b", 4), 9);
+        assert_eq!(byte_offset("a你😀b", 99), 9);
+    }
+
+    fn done() -> Arc<Done> {
+        Arc::new(Done {
+            message_id: "m".into(),
+            conversation_id: "c".into(),
+            usage: Default::default(),
+            cost_micros: 0,
+            balance_micros: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn late_readers_resume_from_their_offset_and_all_see_the_end() {
+        let answer = Answer::new("m".into(), "c".into(), 1);
+        let mut first = answer.reader(Framing::Sse, None, Duration::from_secs(60));
+        answer.set_streaming();
+        answer.push(Bytes::from_static(b"{\"a\":1}"), "你好");
+        answer.push(Bytes::from_static(b"{\"a\":2}"), "😀!");
+        let mut late = answer.reader(Framing::MiniProgram, Some(1), Duration::from_secs(60));
+        let chunk = late.next_chunk().await.unwrap();
+        assert_eq!(
+            &chunk[..],
+            "success: {\"content\":\"好😀!\"}\r\n".as_bytes()
+        );
+        let chunk = first.next_chunk().await.unwrap();
+        assert_eq!(&chunk[..], b"data: {\"a\":1}\n\ndata: {\"a\":2}\n\n");
+
+        answer.push(Bytes::from_static(b"{\"a\":3}"), "end");
+        answer.end(Ending::Done(done()));
+        let chunk = late.next_chunk().await.unwrap();
+        let text = std::str::from_utf8(&chunk).unwrap();
+        assert!(text.starts_with(
+            "success: {\"content\":\"end\"}\r\nsuccess: {\"content\":\"\",\"done\":true"
+        ));
+        assert_eq!(
+            late.next_chunk().await.unwrap(),
+            Bytes::from_static(b"0\r\n\r\n")
+        );
+        assert!(late.next_chunk().await.is_none());
+        let chunk = first.next_chunk().await.unwrap();
+        let text = std::str::from_utf8(&chunk).unwrap();
+        assert!(
+            text.starts_with("data: {\"a\":3}\n\nevent: done\ndata: {"),
+            "{text}"
+        );
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        assert!(first.next_chunk().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_reader_gets_heartbeats() {
+        let answer = Answer::new("m".into(), "c".into(), 1);
+        let mut r = answer.reader(Framing::MiniProgram, None, Duration::from_secs(5));
+        assert_eq!(
+            &r.next_chunk().await.unwrap()[..],
+            b"success: {\"content\":\"\"}\r\n"
+        );
+        let mut s = answer.reader(Framing::Sse, None, Duration::from_secs(5));
+        assert_eq!(&s.next_chunk().await.unwrap()[..], b": keep-alive\n\n");
+    }
+}

@@ -1,0 +1,386 @@
+//! `POST /api/chat`, the answer endpoints (`/api/messages/{id}`, `…/stream`, `…/stop`)
+//! and the conversation history endpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream;
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Framing;
+use super::answer::{Answer, Ending, Phase, Reader};
+use super::frame_sse::Done;
+use super::history::build_prompt;
+use super::store::{self, NewTurn};
+use super::task::{self, AnswerJob};
+use crate::app::App;
+use crate::error::{AppError, Refusal};
+use crate::response::{self, Body};
+use crate::upstream::UpstreamRequest;
+use crate::upstream::chunk::Usage;
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    message: String,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+}
+
+/// `POST /api/chat`: errors before the stream are framed as the client asked.
+pub async fn chat(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let framing = Framing::of(req.uri(), req.headers());
+    match start_chat(app, req, framing).await {
+        Ok(resp) => resp,
+        Err(err) => framing.error_response(&err),
+    }
+}
+
+async fn start_chat(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    framing: Framing,
+) -> Result<Response<Body>, AppError> {
+    let user_id = app.tokens.user_of(req.headers())?;
+    let body: ChatRequest =
+        response::read_json(req.into_body(), app.config.limits.max_body_bytes).await?;
+    let question = body.message.trim();
+    if question.is_empty() {
+        return Err(AppError::bad_request("message 不能为空"));
+    }
+    let max_chars = app.config.limits.max_message_chars;
+    if question.chars().count() > max_chars {
+        return Err(too_long(max_chars));
+    }
+    let model = body.model.unwrap_or_else(|| app.config.default_model());
+    if !app.config.has_model(&model) {
+        return Err(AppError::NotFound("模型不存在"));
+    }
+    let price = app.config.model(&model);
+
+    let (conversation_id, title, history, seq) =
+        match body.conversation_id.as_deref().filter(|c| !c.is_empty()) {
+            Some(id) => {
+                let conversation = store::conversation_of(&app.db, id, user_id)
+                    .await?
+                    .ok_or(AppError::NotFound("会话不存在"))?;
+                let (history, seq) = store::history(&app.db, &conversation.id).await?;
+                (conversation.id, None, history, seq)
+            }
+            None => {
+                let title: String = question.chars().take(40).collect();
+                (store::new_id(), Some(title), Vec::new(), 0)
+            }
+        };
+
+    let budget = price.context_tokens.saturating_sub(price.max_output_tokens);
+    let (messages, prompt_tokens) = build_prompt(
+        &app.config.system_prompt,
+        &history,
+        question,
+        budget,
+        crate::tokens::count,
+    )
+    .ok_or_else(|| too_long(max_chars))?;
+
+    let answer_id = store::new_id();
+    store::insert_turn(
+        &app.db,
+        NewTurn {
+            user_id,
+            conversation_id: &conversation_id,
+            new_conversation_title: title,
+            seq,
+            question,
+            answer_id: &answer_id,
+            model: &model,
+        },
+    )
+    .await?;
+
+    let answer = Answer::new(answer_id, conversation_id, user_id);
+    task::spawn(
+        app,
+        AnswerJob {
+            answer: Arc::clone(&answer),
+            request: UpstreamRequest {
+                model,
+                messages,
+                max_tokens: price.max_output_tokens,
+                temperature: price.temperature,
+            },
+            prompt_tokens,
+            price,
+        },
+    );
+
+    // SSE clients learn of an upstream that never answered through a real HTTP
+    // status, so wait for the upstream to open before sending headers. Mini-program
+    // clients always get 200 and heartbeats meanwhile.
+    if framing == Framing::Sse
+        && let Phase::Ended(Ending::Failed {
+            error,
+            before_open: true,
+        }) = answer.opened().await
+    {
+        return Err(error);
+    }
+    let reader = answer.reader(framing, None, app.heartbeat());
+    Ok(stream_response(framing, &answer, reader))
+}
+
+fn too_long(max_chars: usize) -> AppError {
+    AppError::Refused {
+        reason: Refusal::InputTooLong,
+        msg: format!("输入过长（上限 {max_chars} 字）"),
+        retry_after_secs: None,
+    }
+}
+
+fn stream_response(framing: Framing, answer: &Answer, reader: Reader) -> Response<Body> {
+    let chunks = stream::unfold(reader, |mut reader| async move {
+        reader.next_chunk().await.map(|chunk| (chunk, reader))
+    });
+    let mut resp = framing.response(response::stream(chunks));
+    set_ids(&mut resp, &answer.conversation_id, &answer.message_id);
+    resp
+}
+
+fn set_ids(resp: &mut Response<Body>, conversation_id: &str, message_id: &str) {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(conversation_id) {
+        h.insert("x-conversation-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(message_id) {
+        h.insert("x-message-id", v);
+    }
+}
+
+/// `GET /api/messages/{id}`: one answer, as fresh as this replica knows it.
+pub async fn get_message(
+    app: &App,
+    req: Request<Incoming>,
+    id: &str,
+) -> Result<Response<Body>, AppError> {
+    let user_id = app.tokens.user_of(req.headers())?;
+    let row = store::answer_of(&app.db, id, user_id)
+        .await?
+        .ok_or(AppError::NotFound("消息不存在"))?;
+    let content = match app.answers.get(id) {
+        Some(live) if row.status == store::STREAMING => live.content(),
+        _ => row.content,
+    };
+    Ok(response::ok_json(&json!({
+        "id": row.id,
+        "conversation_id": row.conversation_id,
+        "status": row.status,
+        "content": content,
+        "cost_micros": row.cost_micros,
+    })))
+}
+
+/// `GET /api/messages/{id}/stream?offset=N`: the answer from code point N on, live
+/// until done, in the framing the client asks for.
+pub async fn stream_message(app: &Arc<App>, req: Request<Incoming>, id: &str) -> Response<Body> {
+    let framing = Framing::of(req.uri(), req.headers());
+    match resume(app, &req, id, framing).await {
+        Ok(resp) => resp,
+        Err(err) => framing.error_response(&err),
+    }
+}
+
+async fn resume(
+    app: &Arc<App>,
+    req: &Request<Incoming>,
+    id: &str,
+    framing: Framing,
+) -> Result<Response<Body>, AppError> {
+    let user_id = app.tokens.user_of(req.headers())?;
+    let offset = match query_param(req.uri().query(), "offset") {
+        None => 0,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| AppError::bad_request("offset 必须是非负整数"))?,
+    };
+    // This replica is producing it: attach to the live answer.
+    if let Some(answer) = app.answers.get(id).filter(|a| a.user_id == user_id) {
+        let reader = answer.reader(framing, Some(offset), app.heartbeat());
+        return Ok(stream_response(framing, &answer, reader));
+    }
+    let row = store::answer_of(&app.db, id, user_id)
+        .await?
+        .ok_or(AppError::NotFound("消息不存在"))?;
+    // Ended, or produced by another replica: serve it from the database, following
+    // its periodic flushes until it ends.
+    let answer = Answer::new(row.id.clone(), row.conversation_id.clone(), user_id);
+    answer.push(bytes::Bytes::new(), &row.content);
+    let reader = answer.reader(framing, Some(offset), app.heartbeat());
+    if row.status == store::STREAMING {
+        let app = Arc::clone(app);
+        let follower = Arc::clone(&answer);
+        app.tasks
+            .clone()
+            .spawn(async move { follow_stored(&app, &follower).await });
+    } else {
+        answer.end(stored_ending(app, &row).await);
+    }
+    Ok(stream_response(framing, &answer, reader))
+}
+
+/// Mirrors a stored answer into `answer` until its row says it ended.
+async fn follow_stored(app: &App, answer: &Answer) {
+    let poll = Duration::from_secs_f64(app.config.answer_flush_secs);
+    let give_up =
+        tokio::time::Instant::now() + Duration::from_secs(app.config.limits.max_answer_secs + 60);
+    loop {
+        tokio::time::sleep(poll).await;
+        let row = match store::answer_of(&app.db, &answer.message_id, answer.user_id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                answer.end(Ending::Failed {
+                    error: AppError::NotFound("消息不存在"),
+                    before_open: false,
+                });
+                return;
+            }
+            Err(error) => {
+                answer.end(Ending::Failed {
+                    error,
+                    before_open: false,
+                });
+                return;
+            }
+        };
+        let known = answer.content_len();
+        if row.content.len() > known && row.content.is_char_boundary(known) {
+            answer.push(bytes::Bytes::new(), &row.content[known..]);
+        }
+        if row.status != store::STREAMING || tokio::time::Instant::now() > give_up {
+            answer.end(stored_ending(app, &row).await);
+            return;
+        }
+    }
+}
+
+/// How a stored answer ended, as its readers are told.
+async fn stored_ending(app: &App, row: &entity::message::Model) -> Ending {
+    if row.status == store::FAILED {
+        return Ending::Failed {
+            error: AppError::Upstream {
+                timeout: false,
+                msg: "上游服务出错，回答不完整".into(),
+            },
+            before_open: false,
+        };
+    }
+    let balance_micros = crate::auth::users::by_id(&app.db, row.user_id)
+        .await
+        .ok()
+        .flatten()
+        .map_or(0, |u| u.balance_micros);
+    let prompt_tokens = row.prompt_tokens.max(0) as u64;
+    let completion_tokens = row.completion_tokens.max(0) as u64;
+    Ending::Done(Arc::new(Done {
+        message_id: row.id.clone(),
+        conversation_id: row.conversation_id.clone(),
+        usage: Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        },
+        cost_micros: row.cost_micros,
+        balance_micros,
+    }))
+}
+
+/// `POST /api/messages/{id}/stop`: stops generating; what was produced is kept and billed.
+pub async fn stop_message(
+    app: &App,
+    req: Request<Incoming>,
+    id: &str,
+) -> Result<Response<Body>, AppError> {
+    let user_id = app.tokens.user_of(req.headers())?;
+    let row = store::answer_of(&app.db, id, user_id)
+        .await?
+        .ok_or(AppError::NotFound("消息不存在"))?;
+    if row.status == store::STREAMING {
+        store::request_stop(&app.db, id, user_id).await?;
+        if let Some(answer) = app.answers.get(id) {
+            answer.stop.cancel();
+            // Answer with the stored result when this replica owns the answer.
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer.ended()).await;
+        }
+    }
+    get_message(app, req, id).await
+}
+
+/// `GET /api/conversations`.
+pub async fn list_conversations(
+    app: &App,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, AppError> {
+    let user_id = app.tokens.user_of(req.headers())?;
+    let rows = store::conversations_of(&app.db, user_id).await?;
+    let list: Vec<_> = rows
+        .into_iter()
+        .map(|c| json!({"id": c.id, "title": c.title, "created_at": c.created_at, "updated_at": c.updated_at}))
+        .collect();
+    Ok(response::ok_json(&json!({ "conversations": list })))
+}
+
+/// `GET /api/conversations/{id}`: the conversation and its messages.
+pub async fn get_conversation(
+    app: &App,
+    req: Request<Incoming>,
+    id: &str,
+) -> Result<Response<Body>, AppError> {
+    let user_id = app.tokens.user_of(req.headers())?;
+    let c = store::conversation_of(&app.db, id, user_id)
+        .await?
+        .ok_or(AppError::NotFound("会话不存在"))?;
+    let messages: Vec<_> = store::messages_of(&app.db, &c.id)
+        .await?
+        .into_iter()
+        .map(|m| {
+            let content = match app.answers.get(&m.id) {
+                Some(live) if m.status == store::STREAMING => live.content(),
+                _ => m.content,
+            };
+            json!({
+                "id": m.id, "role": m.role, "content": content, "status": m.status,
+                "model": m.model, "cost_micros": m.cost_micros, "created_at": m.created_at,
+            })
+        })
+        .collect();
+    Ok(response::ok_json(&json!({
+        "id": c.id, "title": c.title, "created_at": c.created_at, "updated_at": c.updated_at,
+        "messages": messages,
+    })))
+}
+
+/// `DELETE /api/conversations/{id}`.
+pub async fn delete_conversation(
+    app: &App,
+    req: Request<Incoming>,
+    id: &str,
+) -> Result<Response<Body>, AppError> {
+    let user_id = app.tokens.user_of(req.headers())?;
+    if !store::delete_conversation(&app.db, id, user_id).await? {
+        return Err(AppError::NotFound("会话不存在"));
+    }
+    Ok(response::json(StatusCode::OK, &json!({ "deleted": true })))
+}
+
+/// The value of `name` in a query string (no percent-decoding: values here are ASCII).
+pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}

@@ -1,0 +1,284 @@
+//! Queries on conversations and messages. Handlers and the answer task call these;
+//! nothing else touches the two tables.
+
+use entity::{conversation, message};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use super::history::Turn;
+use crate::error::AppError;
+
+pub const STREAMING: &str = "streaming";
+pub const DONE: &str = "done";
+pub const STOPPED: &str = "stopped";
+pub const FAILED: &str = "failed";
+
+/// A new id: 32 lowercase hex digits (never spells `error` or `success`).
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The conversation `id` if `user_id` owns it.
+pub async fn conversation_of(
+    db: &DatabaseConnection,
+    id: &str,
+    user_id: i64,
+) -> Result<Option<conversation::Model>, AppError> {
+    Ok(conversation::Entity::find_by_id(id.to_string())
+        .filter(conversation::Column::UserId.eq(user_id))
+        .one(db)
+        .await?)
+}
+
+/// The earlier turns of a conversation that make sense to send again: questions whose
+/// answer was completed or stopped with some text. Also the next free `seq`.
+pub async fn history(
+    db: &DatabaseConnection,
+    conversation_id: &str,
+) -> Result<(Vec<Turn>, i64), AppError> {
+    let rows = message::Entity::find()
+        .filter(message::Column::ConversationId.eq(conversation_id))
+        .order_by_asc(message::Column::Seq)
+        .all(db)
+        .await?;
+    let next_seq = rows.last().map_or(0, |m| (m.seq / 2 + 1) * 2);
+    let mut turns = Vec::new();
+    let mut question: Option<String> = None;
+    for row in rows {
+        match row.role.as_str() {
+            "user" => question = Some(row.content),
+            _ => {
+                if let Some(q) = question.take()
+                    && (row.status == DONE || row.status == STOPPED)
+                    && !row.content.is_empty()
+                {
+                    turns.push(Turn {
+                        question: q,
+                        answer: row.content,
+                    });
+                }
+            }
+        }
+    }
+    Ok((turns, next_seq))
+}
+
+/// What a new turn writes before the upstream is called.
+pub struct NewTurn<'a> {
+    pub user_id: i64,
+    pub conversation_id: &'a str,
+    /// Create the conversation with this title (a new conversation).
+    pub new_conversation_title: Option<String>,
+    pub seq: i64,
+    pub question: &'a str,
+    pub answer_id: &'a str,
+    pub model: &'a str,
+}
+
+/// Writes the question and the (empty, streaming) answer row in one transaction.
+pub async fn insert_turn(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<(), AppError> {
+    let now = crate::clock::unix_millis();
+    let txn = db.begin().await?;
+    match turn.new_conversation_title {
+        Some(title) => {
+            conversation::ActiveModel {
+                id: Set(turn.conversation_id.to_string()),
+                user_id: Set(turn.user_id),
+                title: Set(title),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+            .insert(&txn)
+            .await?;
+        }
+        None => {
+            conversation::Entity::update_many()
+                .col_expr(conversation::Column::UpdatedAt, Expr::value(now))
+                .filter(conversation::Column::Id.eq(turn.conversation_id))
+                .exec(&txn)
+                .await?;
+        }
+    }
+    let row =
+        |id: String, seq: i64, role: &str, content: &str, status: &str| message::ActiveModel {
+            id: Set(id),
+            conversation_id: Set(turn.conversation_id.to_string()),
+            user_id: Set(turn.user_id),
+            seq: Set(seq),
+            role: Set(role.to_string()),
+            content: Set(content.to_string()),
+            status: Set(status.to_string()),
+            model: Set(turn.model.to_string()),
+            prompt_tokens: Set(0),
+            completion_tokens: Set(0),
+            cost_micros: Set(0),
+            error_code: Set(None),
+            stop_requested: Set(false),
+            created_at: Set(now),
+            finished_at: Set(None),
+        };
+    message::Entity::insert_many([
+        row(new_id(), turn.seq, "user", turn.question, DONE),
+        row(
+            turn.answer_id.to_string(),
+            turn.seq + 1,
+            "assistant",
+            "",
+            STREAMING,
+        ),
+    ])
+    .exec(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Stores the answer so far. Returns `false` when a stop was requested meanwhile (on
+/// any replica): the condition rides on the same statement, so noticing costs nothing.
+pub async fn flush_content(
+    db: &DatabaseConnection,
+    id: &str,
+    content: &str,
+) -> Result<bool, AppError> {
+    let result = message::Entity::update_many()
+        .col_expr(message::Column::Content, Expr::value(content))
+        .filter(message::Column::Id.eq(id))
+        .filter(message::Column::StopRequested.eq(false))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected > 0)
+}
+
+/// The final state of an answer.
+pub struct Finished<'a> {
+    pub status: &'a str,
+    pub content: &'a str,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_micros: i64,
+    pub error_code: Option<i32>,
+}
+
+pub async fn finish_answer<C: ConnectionTrait>(
+    db: &C,
+    id: &str,
+    f: &Finished<'_>,
+) -> Result<(), AppError> {
+    message::Entity::update_many()
+        .col_expr(message::Column::Status, Expr::value(f.status))
+        .col_expr(message::Column::Content, Expr::value(f.content))
+        .col_expr(
+            message::Column::PromptTokens,
+            Expr::value(f.prompt_tokens as i64),
+        )
+        .col_expr(
+            message::Column::CompletionTokens,
+            Expr::value(f.completion_tokens as i64),
+        )
+        .col_expr(message::Column::CostMicros, Expr::value(f.cost_micros))
+        .col_expr(message::Column::ErrorCode, Expr::value(f.error_code))
+        .col_expr(
+            message::Column::FinishedAt,
+            Expr::value(crate::clock::unix_millis()),
+        )
+        .filter(message::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Asks the replica that owns a streaming answer to stop it. `false` when the answer
+/// is not the user's or is no longer streaming.
+pub async fn request_stop(
+    db: &DatabaseConnection,
+    id: &str,
+    user_id: i64,
+) -> Result<bool, AppError> {
+    let result = message::Entity::update_many()
+        .col_expr(message::Column::StopRequested, Expr::value(true))
+        .filter(message::Column::Id.eq(id))
+        .filter(message::Column::UserId.eq(user_id))
+        .filter(message::Column::Status.eq(STREAMING))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected > 0)
+}
+
+/// An answer of `user_id` (questions are not addressable).
+pub async fn answer_of(
+    db: &DatabaseConnection,
+    id: &str,
+    user_id: i64,
+) -> Result<Option<message::Model>, AppError> {
+    Ok(message::Entity::find_by_id(id.to_string())
+        .filter(message::Column::UserId.eq(user_id))
+        .filter(message::Column::Role.eq("assistant"))
+        .one(db)
+        .await?)
+}
+
+pub async fn conversations_of(
+    db: &DatabaseConnection,
+    user_id: i64,
+) -> Result<Vec<conversation::Model>, AppError> {
+    Ok(conversation::Entity::find()
+        .filter(conversation::Column::UserId.eq(user_id))
+        .order_by_desc(conversation::Column::UpdatedAt)
+        .limit(200)
+        .all(db)
+        .await?)
+}
+
+pub async fn messages_of(
+    db: &DatabaseConnection,
+    conversation_id: &str,
+) -> Result<Vec<message::Model>, AppError> {
+    Ok(message::Entity::find()
+        .filter(message::Column::ConversationId.eq(conversation_id))
+        .order_by_asc(message::Column::Seq)
+        .all(db)
+        .await?)
+}
+
+pub async fn delete_conversation(
+    db: &DatabaseConnection,
+    id: &str,
+    user_id: i64,
+) -> Result<bool, AppError> {
+    let txn = db.begin().await?;
+    let deleted = conversation::Entity::delete_many()
+        .filter(conversation::Column::Id.eq(id))
+        .filter(conversation::Column::UserId.eq(user_id))
+        .exec(&txn)
+        .await?;
+    if deleted.rows_affected > 0 {
+        message::Entity::delete_many()
+            .filter(message::Column::ConversationId.eq(id))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(deleted.rows_affected > 0)
+}
+
+/// Answers left `streaming` by a process that died: after the longest an answer may
+/// take (plus a margin) nobody is producing them any more, whichever replica it was.
+pub async fn close_abandoned(
+    db: &DatabaseConnection,
+    older_than_millis: i64,
+) -> Result<u64, AppError> {
+    let result = message::Entity::update_many()
+        .col_expr(message::Column::Status, Expr::value(STOPPED))
+        .col_expr(
+            message::Column::FinishedAt,
+            Expr::value(crate::clock::unix_millis()),
+        )
+        .filter(message::Column::Status.eq(STREAMING))
+        .filter(message::Column::CreatedAt.lt(older_than_millis))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
+}

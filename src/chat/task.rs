@@ -1,0 +1,197 @@
+//! The task that produces one answer: opens the upstream, feeds every event to the
+//! shared [`Answer`], flushes the growing text to the database now and then, and at
+//! the end stores the answer and its cost exactly once. It belongs to the server, not
+//! to a connection: a client that goes away does not stop it; only a stop request or
+//! the maximum answer time does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::answer::{Answer, Ending};
+use super::frame_sse::Done;
+use super::store::{self, Finished};
+use crate::app::App;
+use crate::config::ModelConfig;
+use crate::error::AppError;
+use crate::ledger::pricing;
+use crate::upstream::UpstreamRequest;
+use crate::upstream::chunk::{self, Chunk, Usage};
+
+/// Everything the task needs to produce and bill one answer.
+pub struct AnswerJob {
+    pub answer: Arc<Answer>,
+    pub request: UpstreamRequest,
+    /// The prompt's size by our own count, used when the upstream reports no usage.
+    pub prompt_tokens: u64,
+    pub price: ModelConfig,
+}
+
+enum Outcome {
+    Completed,
+    Stopped,
+    Failed { error: AppError, before_open: bool },
+}
+
+/// What the upstream told us along the way.
+#[derive(Default)]
+struct Progress {
+    usage: Option<Usage>,
+    channel: String,
+    first_content: Option<Instant>,
+}
+
+/// Registers the answer and starts its task on the server's tracker.
+pub fn spawn(app: &Arc<App>, job: AnswerJob) {
+    app.answers.insert(Arc::clone(&job.answer));
+    let app = Arc::clone(app);
+    let tasks = app.tasks.clone();
+    tasks.spawn(run(app, job));
+}
+
+async fn run(app: Arc<App>, job: AnswerJob) {
+    let started = Instant::now();
+    let answer = Arc::clone(&job.answer);
+    let max = Duration::from_secs(app.config.limits.max_answer_secs);
+    let mut progress = Progress::default();
+    let outcome = tokio::select! {
+        biased;
+        _ = answer.stop.cancelled() => Outcome::Stopped,
+        _ = tokio::time::sleep(max) => {
+            tracing::info!(message_id = %answer.message_id, "answer cut at the maximum answer time");
+            Outcome::Stopped
+        }
+        outcome = drive(&app, &job, &mut progress) => outcome,
+    };
+    finish(&app, &job, outcome, &progress).await;
+    tracing::info!(
+        message_id = %answer.message_id,
+        channel = %progress.channel,
+        first_content_ms = progress.first_content.map(|t| (t - started).as_millis() as u64),
+        total_ms = started.elapsed().as_millis() as u64,
+        "answer finished"
+    );
+    app.answers.remove(&answer.message_id);
+}
+
+async fn drive(app: &App, job: &AnswerJob, progress: &mut Progress) -> Outcome {
+    let answer = &job.answer;
+    let mut source = match app.upstream.open(&job.request).await {
+        Ok(source) => source,
+        Err(error) => {
+            return Outcome::Failed {
+                error,
+                before_open: true,
+            };
+        }
+    };
+    progress.channel = source.channel().to_string();
+    answer.set_streaming();
+
+    let period = Duration::from_secs_f64(app.config.answer_flush_secs);
+    let mut flush = tokio::time::interval_at(Instant::now() + period, period);
+    flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut flushed_len = 0;
+    loop {
+        tokio::select! {
+            event = source.next() => match event {
+                Ok(Some(event)) => match chunk::parse_chunk(&event.data) {
+                    Ok(Chunk::Done) => return Outcome::Completed,
+                    Ok(Chunk::Delta { content, usage, .. }) => {
+                        if usage.is_some() {
+                            progress.usage = usage;
+                        }
+                        let text = content.as_deref().unwrap_or_default();
+                        if !text.is_empty() && progress.first_content.is_none() {
+                            progress.first_content = Some(Instant::now());
+                        }
+                        answer.push(event.data.clone(), text);
+                    }
+                    Ok(Chunk::Error { message }) => {
+                        tracing::warn!(channel = %progress.channel, %message, "upstream sent an error mid-answer");
+                        return Outcome::Failed {
+                            error: AppError::Upstream { timeout: false, msg: "上游服务出错，回答不完整".into() },
+                            before_open: false,
+                        };
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel = %progress.channel, error = %e, "skipping an unreadable upstream event");
+                    }
+                },
+                Ok(None) => return Outcome::Completed,
+                Err(error) => return Outcome::Failed { error, before_open: false },
+            },
+            _ = flush.tick() => {
+                let len = answer.content_len();
+                if len != flushed_len {
+                    match store::flush_content(&app.db, &answer.message_id, &answer.content()).await {
+                        Ok(true) => flushed_len = len,
+                        Ok(false) => return Outcome::Stopped,
+                        Err(e) => tracing::warn!(error = %e.msg(), "flushing an answer failed; will retry"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn finish(app: &App, job: &AnswerJob, outcome: Outcome, progress: &Progress) {
+    let answer = &job.answer;
+    let content = answer.content();
+    let (status, failure) = match outcome {
+        Outcome::Completed => (store::DONE, None),
+        Outcome::Stopped => (store::STOPPED, None),
+        Outcome::Failed { error, before_open } => (store::FAILED, Some((error, before_open))),
+    };
+    // Cost from the upstream's usage numbers, else from our own count of what was
+    // received. A failed answer costs nothing.
+    let usage = progress.usage.unwrap_or_else(|| {
+        let completion_tokens = crate::tokens::count(&content);
+        Usage {
+            prompt_tokens: job.prompt_tokens,
+            completion_tokens,
+            total_tokens: job.prompt_tokens + completion_tokens,
+        }
+    });
+    let cost_micros = if failure.is_some() {
+        0
+    } else {
+        pricing::cost(&job.price, &usage)
+    };
+    let finished = Finished {
+        status,
+        content: &content,
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        cost_micros,
+        error_code: failure.as_ref().map(|(e, _)| e.code()),
+    };
+    let mut attempt = 0;
+    while let Err(e) = store::finish_answer(&app.db, &answer.message_id, &finished).await {
+        attempt += 1;
+        tracing::error!(error = %e.msg(), attempt, message_id = %answer.message_id, "storing an answer failed");
+        if attempt >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+    }
+    let ending = match failure {
+        Some((error, before_open)) => Ending::Failed { error, before_open },
+        None => {
+            let balance_micros = crate::auth::users::by_id(&app.db, answer.user_id)
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |u| u.balance_micros);
+            Ending::Done(Arc::new(Done {
+                message_id: answer.message_id.clone(),
+                conversation_id: answer.conversation_id.clone(),
+                usage,
+                cost_micros,
+                balance_micros,
+            }))
+        }
+    };
+    answer.end(ending);
+}

@@ -1,0 +1,583 @@
+//! Typed configuration: a TOML file plus `CHATGATE_*` environment variables, validated
+//! once at start-up.
+//!
+//! The environment is read through the [`Env`] trait so tests can back it with a map
+//! instead of mutating the process environment. An environment variable overrides the
+//! file's key of the same meaning. With no file and no variables the defaults give a
+//! working gateway: SQLite in the working directory and the built-in demo model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The name of the built-in model that answers when no upstream is configured.
+pub const DEMO_MODEL: &str = "demo";
+
+/// Where configuration values come from besides the file.
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment. Empty values count as unset.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+/// Why the configuration was refused. Displayed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    pub database_url: String,
+    /// Free questions per user per day, used before money; 0 = none.
+    pub free_messages_per_day: u32,
+    /// An unsettled hold older than this is settled or released.
+    pub hold_ttl_secs: u64,
+    /// The system prompt put in front of every conversation (empty = none).
+    pub system_prompt: String,
+    /// The model used when a request names none.
+    pub default_model: Option<String>,
+    pub jwt_secret: Option<String>,
+    /// How long a login token stays valid.
+    pub jwt_ttl_secs: u64,
+    pub admin_token: Option<String>,
+    pub redis_url: Option<String>,
+    /// Seconds between heartbeats while a client waits for the next token.
+    pub heartbeat_secs: f64,
+    /// How long answers in flight may take to finish when the gateway is asked to stop.
+    pub shutdown_grace_secs: u64,
+    /// Seconds between flushes of a growing answer to the database.
+    pub answer_flush_secs: f64,
+    /// Milliseconds between the pieces of the demo model's canned answer.
+    pub demo_chunk_delay_ms: u64,
+    pub limits: Limits,
+    pub upstream: UpstreamTimeouts,
+    pub channels: Vec<Channel>,
+    pub models: BTreeMap<String, ModelConfig>,
+    pub wechat: WechatConfig,
+    pub wechat_pay: Option<toml::Table>,
+    pub images: Option<toml::Table>,
+    pub recharge_packages: Vec<toml::Table>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            database_url: "sqlite://chatgate.db?mode=rwc".into(),
+            free_messages_per_day: 20,
+            hold_ttl_secs: 600,
+            system_prompt: "You are a helpful assistant.".into(),
+            default_model: None,
+            jwt_secret: None,
+            jwt_ttl_secs: 30 * 24 * 3600,
+            admin_token: None,
+            redis_url: None,
+            heartbeat_secs: 5.0,
+            shutdown_grace_secs: 30,
+            answer_flush_secs: 1.0,
+            demo_chunk_delay_ms: 40,
+            limits: Limits::default(),
+            upstream: UpstreamTimeouts::default(),
+            channels: Vec::new(),
+            models: BTreeMap::new(),
+            wechat: WechatConfig::default(),
+            wechat_pay: None,
+            images: None,
+            recharge_packages: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub ip_per_second: u32,
+    pub ip_burst: u32,
+    pub user_chats_per_minute: u32,
+    pub user_concurrent_streams: u32,
+    pub upstream_concurrent_streams: u32,
+    pub max_body_bytes: usize,
+    pub max_message_chars: usize,
+    pub header_read_timeout_secs: u64,
+    /// An answer nobody stops is cut after this.
+    pub max_answer_secs: u64,
+    /// Open client connections at most; more are turned away.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            ip_per_second: 5,
+            ip_burst: 10,
+            user_chats_per_minute: 20,
+            user_concurrent_streams: 2,
+            upstream_concurrent_streams: 512,
+            max_body_bytes: 1 << 20,
+            max_message_chars: 8000,
+            header_read_timeout_secs: 10,
+            max_answer_secs: 600,
+            max_connections: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTimeouts {
+    pub connect_timeout_secs: f64,
+    /// From sending the request to the response headers.
+    pub first_byte_timeout_secs: f64,
+    /// The longest silence between two pieces of a streaming answer.
+    pub idle_timeout_secs: f64,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: 10.0,
+            first_byte_timeout_secs: 60.0,
+            idle_timeout_secs: 120.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    pub name: String,
+    pub base_url: String,
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// The models this channel serves; empty = every configured model.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Lower is tried first.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Ask the upstream for usage numbers (`stream_options.include_usage`).
+    #[serde(default = "yes")]
+    pub include_usage: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+/// Price and size of one model. Money in micros; a price of 0 is free.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub input_micros_per_million: u64,
+    pub output_micros_per_million: u64,
+    pub request_micros: u64,
+    pub image_micros: u64,
+    pub context_tokens: u64,
+    pub max_output_tokens: u64,
+    /// Sent upstream as `temperature` when set.
+    pub temperature: Option<f64>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            input_micros_per_million: 0,
+            output_micros_per_million: 0,
+            request_micros: 0,
+            image_micros: 0,
+            context_tokens: 128_000,
+            max_output_tokens: 4096,
+            temperature: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WechatConfig {
+    pub api_base: String,
+    pub pay_api_base: String,
+    pub mp_app_id: Option<String>,
+    pub mp_app_secret: Option<String>,
+    pub oa_token: Option<String>,
+    pub oa_app_id: Option<String>,
+    pub oa_app_secret: Option<String>,
+    pub oa_encoding_aes_key: Option<String>,
+    pub oa_reply_deadline_ms: u64,
+    pub oa_push: bool,
+}
+
+impl Default for WechatConfig {
+    fn default() -> Self {
+        Self {
+            api_base: "https://api.weixin.qq.com".into(),
+            pay_api_base: "https://api.mch.weixin.qq.com".into(),
+            mp_app_id: None,
+            mp_app_secret: None,
+            oa_token: None,
+            oa_app_id: None,
+            oa_app_secret: None,
+            oa_encoding_aes_key: None,
+            oa_reply_deadline_ms: 4500,
+            oa_push: false,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file named by `path` (or `CHATGATE_CONFIG`), applies the environment
+    /// and validates the result.
+    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Self, ConfigError> {
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| env.var("CHATGATE_CONFIG").map(PathBuf::from));
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Self::from_toml(&text).map_err(|message| ConfigError::Parse { path, message })?
+            }
+            None => Self::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; the error is a single line.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text)
+            .map_err(|e| e.message().replace('\n', " ").trim().to_string() + &location(text, &e))
+    }
+
+    fn apply_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
+        if let Some(v) = env.var("CHATGATE_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = env.var("CHATGATE_DATABASE_URL") {
+            self.database_url = v;
+        }
+        if let Some(v) = env.var("CHATGATE_REDIS_URL") {
+            self.redis_url = Some(v);
+        }
+        if let Some(v) = env.var("CHATGATE_JWT_SECRET") {
+            self.jwt_secret = Some(v);
+        }
+        if let Some(v) = env.var("CHATGATE_ADMIN_TOKEN") {
+            self.admin_token = Some(v);
+        }
+        if let Some(v) = env.var("CHATGATE_DEFAULT_MODEL") {
+            self.default_model = Some(v);
+        }
+        if let Some(v) = env.var("CHATGATE_WECHAT_API_BASE") {
+            self.wechat.api_base = v;
+        }
+        if let Some(v) = env.var("CHATGATE_WECHAT_PAY_API_BASE") {
+            self.wechat.pay_api_base = v;
+        }
+        let keys = env.var("CHATGATE_UPSTREAM_API_KEYS");
+        match env.var("CHATGATE_UPSTREAM_BASE_URL") {
+            // The variables describe one channel serving every model; it replaces the
+            // file's channels, as an environment variable overrides the file.
+            Some(base_url) => {
+                let api_keys = keys
+                    .map(|k| {
+                        k.split(',')
+                            .map(str::trim)
+                            .filter(|k| !k.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.channels = vec![Channel {
+                    name: "env".into(),
+                    base_url,
+                    api_keys,
+                    models: Vec::new(),
+                    priority: 0,
+                    weight: 1,
+                    include_usage: true,
+                }];
+            }
+            None if keys.is_some() => {
+                return Err(invalid(
+                    "CHATGATE_UPSTREAM_API_KEYS is set but CHATGATE_UPSTREAM_BASE_URL is not",
+                ));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        let scheme = self.database_url.split(':').next().unwrap_or_default();
+        if !matches!(
+            scheme,
+            "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb"
+        ) {
+            return Err(invalid(format!(
+                "database_url must start with sqlite:, postgres: or mysql: (got {:?})",
+                self.database_url
+            )));
+        }
+        for channel in &self.channels {
+            if !(channel.base_url.starts_with("http://")
+                || channel.base_url.starts_with("https://"))
+            {
+                return Err(invalid(format!(
+                    "channel {:?}: base_url must start with http:// or https:// (got {:?})",
+                    channel.name, channel.base_url
+                )));
+            }
+            if reqwest::Url::parse(&channel.base_url).is_err() {
+                return Err(invalid(format!(
+                    "channel {:?}: base_url {:?} is not a valid URL",
+                    channel.name, channel.base_url
+                )));
+            }
+        }
+        for (name, model) in &self.models {
+            if model.max_output_tokens == 0 {
+                return Err(invalid(format!(
+                    "model {name:?}: max_output_tokens must be above 0"
+                )));
+            }
+            if model.context_tokens <= model.max_output_tokens {
+                return Err(invalid(format!(
+                    "model {name:?}: context_tokens ({}) must be larger than max_output_tokens ({})",
+                    model.context_tokens, model.max_output_tokens
+                )));
+            }
+        }
+        if !(self.heartbeat_secs > 0.0 && self.answer_flush_secs > 0.0) {
+            return Err(invalid(
+                "heartbeat_secs and answer_flush_secs must be above 0",
+            ));
+        }
+        for (what, secs) in [
+            (
+                "upstream.connect_timeout_secs",
+                self.upstream.connect_timeout_secs,
+            ),
+            (
+                "upstream.first_byte_timeout_secs",
+                self.upstream.first_byte_timeout_secs,
+            ),
+            (
+                "upstream.idle_timeout_secs",
+                self.upstream.idle_timeout_secs,
+            ),
+        ] {
+            if !(secs > 0.0 && secs.is_finite()) {
+                return Err(invalid(format!(
+                    "{what} must be a positive number of seconds"
+                )));
+            }
+        }
+        if self.limits.max_body_bytes == 0 || self.limits.max_message_chars == 0 {
+            return Err(invalid(
+                "limits.max_body_bytes and limits.max_message_chars must be above 0",
+            ));
+        }
+        let default = self.default_model();
+        if !self.has_model(&default) {
+            return Err(invalid(format!(
+                "default model {default:?} is served by no channel"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The address to listen on.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        if let Ok(addr) = self.listen.parse() {
+            return Ok(addr);
+        }
+        self.listen
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "listen: {:?} is not a host:port address",
+                    self.listen
+                ))
+            })
+    }
+
+    /// True when no upstream is configured and the demo model answers.
+    pub fn demo_mode(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// The model used when a request names none.
+    pub fn default_model(&self) -> String {
+        if let Some(m) = &self.default_model {
+            return m.clone();
+        }
+        if self.demo_mode() {
+            return DEMO_MODEL.into();
+        }
+        self.channels
+            .iter()
+            .flat_map(|c| c.models.iter())
+            .chain(self.models.keys())
+            .next()
+            .cloned()
+            .unwrap_or_else(|| "gpt-4o-mini".into())
+    }
+
+    /// Whether some channel (or the demo) serves `model`.
+    pub fn has_model(&self, model: &str) -> bool {
+        if self.demo_mode() {
+            return model == DEMO_MODEL;
+        }
+        let known = self.models.contains_key(model)
+            || self.default_model.as_deref() == Some(model)
+            || self
+                .channels
+                .iter()
+                .any(|c| c.models.iter().any(|m| m == model));
+        known
+            && self
+                .channels
+                .iter()
+                .any(|c| c.models.is_empty() || c.models.iter().any(|m| m == model))
+    }
+
+    /// Price and size of `model` (the defaults when it has no `[models]` entry).
+    pub fn model(&self, model: &str) -> ModelConfig {
+        self.models.get(model).cloned().unwrap_or_default()
+    }
+}
+
+/// " (line L, column C)" for a TOML error, or "".
+fn location(text: &str, e: &toml::de::Error) -> String {
+    e.span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" (line {line}, column {column})")
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_configuration_gives_sqlite_and_the_demo_model() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert!(c.database_url.starts_with("sqlite://chatgate.db"));
+        assert!(c.demo_mode());
+        assert_eq!(c.default_model(), DEMO_MODEL);
+        assert!(c.has_model("demo"));
+        assert!(!c.has_model("gpt-4o"));
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let text = include_str!("../chatgate.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.limits.user_concurrent_streams, 2);
+        assert_eq!(c.models["gpt-4o-mini"].input_micros_per_million, 150_000);
+        assert_eq!(c.channels[0].priority, 0);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\n[[channels]]\nname=\"a\"\nbase_url=\"http://x/v1\"\nmodels=[\"m\"]\n").unwrap();
+        let c = Config::load(
+            Some(&path),
+            &env(&[
+                ("CHATGATE_LISTEN", "127.0.0.1:0"),
+                ("CHATGATE_UPSTREAM_BASE_URL", "http://127.0.0.1:9/v1"),
+                ("CHATGATE_UPSTREAM_API_KEYS", "k1, k2,"),
+                ("CHATGATE_DEFAULT_MODEL", "gpt-x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:0");
+        assert_eq!(c.channels.len(), 1);
+        assert_eq!(c.channels[0].api_keys, vec!["k1", "k2"]);
+        assert_eq!(c.default_model(), "gpt-x");
+        assert!(c.has_model("gpt-x"));
+        assert!(!c.has_model("unknown"));
+    }
+
+    #[test]
+    fn bad_configurations_are_one_clear_line() {
+        let cases = [
+            "listen = 5",
+            "lisen = \"x\"",
+            "database_url = \"oracle://x\"",
+            "[[channels]]\nname=\"a\"\nbase_url=\"ftp://x\"",
+            "[models.m]\ncontext_tokens = 10\nmax_output_tokens = 20",
+            "default_model = \"gpt\"",
+        ];
+        for text in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(Some(&path), &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                !err.contains('\n'),
+                "{text:?} gave a multi-line error: {err}"
+            );
+            assert!(!err.is_empty());
+        }
+        let err = Config::load(None, &env(&[("CHATGATE_UPSTREAM_API_KEYS", "k")])).unwrap_err();
+        assert!(err.to_string().contains("CHATGATE_UPSTREAM_BASE_URL"));
+    }
+}

@@ -1,0 +1,54 @@
+//! Connecting to the database (SQLite, PostgreSQL or MySQL), applying the migrations,
+//! and the generated-once settings kept there.
+
+use std::time::Duration;
+
+use entity::setting;
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ActiveValue::Set, ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait};
+
+/// Opens a pool on `url` and brings the schema up to date.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let mut opts = ConnectOptions::new(url);
+    opts.max_connections(if url.starts_with("sqlite") { 8 } else { 32 })
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false)
+        // SQLite: WAL lets readers run beside the one writer; a writer that finds the
+        // file locked waits instead of failing at once.
+        .map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+        });
+    let db = Database::connect(opts).await?;
+    Migrator::up(&db, None).await?;
+    Ok(db)
+}
+
+/// Returns the stored value of `key`, storing `generate()` first when there is none.
+/// Safe against replicas starting together: the first insert wins and all read it back.
+pub async fn setting_or_insert(
+    db: &DatabaseConnection,
+    key: &str,
+    generate: impl FnOnce() -> String,
+) -> Result<(String, bool), DbErr> {
+    if let Some(row) = setting::Entity::find_by_id(key.to_string()).one(db).await? {
+        return Ok((row.value, false));
+    }
+    let row = setting::ActiveModel {
+        key: Set(key.to_string()),
+        value: Set(generate()),
+    };
+    setting::Entity::insert(row)
+        .on_conflict_do_nothing_on([setting::Column::Key])
+        .exec(db)
+        .await?;
+    let row = setting::Entity::find_by_id(key.to_string())
+        .one(db)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("setting {key}")))?;
+    Ok((row.value, true))
+}

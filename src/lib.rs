@@ -1,0 +1,41 @@
+//! # chatgate
+//!
+//! A gateway that sells ChatGPT-style chat inside WeChat mini-programs, H5 pages and
+//! API clients: accounts, server-owned streaming answers in two framings, billing, and
+//! an upstream pool of OpenAI-compatible providers. The wire contract is DESIGN.md.
+//!
+//! # Layout
+//! - [`config`] — typed TOML + `CHATGATE_*` environment, validated once at start-up.
+//! - [`app`] — the shared state built from the config (database, keys, upstream pool).
+//! - [`server`] — accept loop, hyper connections, connection cap, graceful shutdown.
+//! - [`router`] — method + path → handler, in one table; request ids and CORS.
+//! - [`error`] — the one error type → HTTP status, `{code,msg,reason}`, in-band frames.
+//! - [`response`] — the body type and JSON/streaming response builders.
+//! - [`auth`] — passwords (argon2), login tokens (JWT), `/api/auth/*`, `/api/me`.
+//! - [`chat`] — `POST /api/chat`: conversation → prompt → server-owned answer → readers;
+//!   `chat::frame_mp` and `chat::frame_sse` are the two framings (pure).
+//! - [`upstream`] — channels with failover, the incremental SSE parser (pure), the
+//!   OpenAI chunk reader, and the built-in demo model.
+//! - [`ledger`] — prices and costs in integer micros.
+//! - [`tokens`] — token counting with a real BPE tokenizer.
+//! - [`db`] — connection, migrations, generated-once settings.
+//! - [`sweep`] — periodic housekeeping (answers abandoned by a dead process).
+//! - [`mock_upstream`] — an OpenAI-compatible mock upstream for tests and benchmarks.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod chat;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod ledger;
+pub mod mock_upstream;
+pub mod response;
+pub mod router;
+pub mod server;
+pub mod sweep;
+pub mod tokens;
+pub mod upstream;

@@ -1,0 +1,100 @@
+//! Method + path → handler, in one table; and what every response gets on its way
+//! out (request id, CORS).
+
+use std::sync::Arc;
+
+use http::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, HeaderValue,
+};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::auth::handlers as auth;
+use crate::chat::handlers as chat;
+use crate::error::AppError;
+use crate::response::{self, Body};
+
+/// Handles one request: routes it and decorates the response.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let request_id = request_id(&req);
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("request", id = %request_id, %method, %path);
+    let mut resp = route(&app, req, &method, &path)
+        .instrument(span.clone())
+        .await;
+    tracing::debug!(parent: &span, status = resp.status().as_u16(), "response");
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-request-id", v);
+    }
+    h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("X-Conversation-Id, X-Message-Id, X-Request-Id, Retry-After"),
+    );
+    resp
+}
+
+async fn route(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+) -> Response<Body> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let result = match (method, segments.as_slice()) {
+        (&Method::OPTIONS, _) => Ok(preflight()),
+        (&Method::GET, ["healthz"]) => Ok(response::with_content_type(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            response::full("ok"),
+        )),
+        (&Method::POST, ["api", "auth", "register"]) => auth::register(app, req).await,
+        (&Method::POST, ["api", "auth", "login"]) => auth::login(app, req).await,
+        (&Method::GET, ["api", "me"]) => auth::me(app, req).await,
+        (&Method::POST, ["api", "chat"]) => Ok(chat::chat(app, req).await),
+        (&Method::GET, ["api", "messages", id]) => chat::get_message(app, req, id).await,
+        (&Method::GET, ["api", "messages", id, "stream"]) => {
+            Ok(chat::stream_message(app, req, id).await)
+        }
+        (&Method::POST, ["api", "messages", id, "stop"]) => chat::stop_message(app, req, id).await,
+        (&Method::GET, ["api", "conversations"]) => chat::list_conversations(app, req).await,
+        (&Method::GET, ["api", "conversations", id]) => chat::get_conversation(app, req, id).await,
+        (&Method::DELETE, ["api", "conversations", id]) => {
+            chat::delete_conversation(app, req, id).await
+        }
+        _ => Err(AppError::NotFound("接口不存在")),
+    };
+    result.unwrap_or_else(|err| response::error(&err))
+}
+
+/// The answer to a CORS preflight: any origin may call the API with a bearer token.
+fn preflight() -> Response<Body> {
+    let mut resp = Response::new(response::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+    );
+    h.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type, X-Client, X-Request-Id"),
+    );
+    h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    resp
+}
+
+/// The caller's `X-Request-Id` when it is short and printable, else a new one.
+fn request_id(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(String::from)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}

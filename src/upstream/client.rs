@@ -1,0 +1,200 @@
+//! Opening an answer on an upstream: channels tried in priority order, keys rotated
+//! round-robin, failover before the first byte, and the timeouts (connect, first byte,
+//! idle between pieces).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::demo::DemoEvents;
+use super::sse::{SseEvent, SseParser};
+use super::{EventSource, UpstreamRequest, secs};
+use crate::config::{Channel, Config};
+use crate::error::AppError;
+
+/// The pool of upstream channels shared by every request. One `reqwest::Client` (and
+/// so one connection pool) for all of them.
+pub struct Upstream {
+    client: reqwest::Client,
+    channels: Vec<ChannelState>,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+    demo_delay: Duration,
+}
+
+struct ChannelState {
+    config: Channel,
+    /// Round-robin position in the key pool.
+    next_key: AtomicUsize,
+}
+
+impl Upstream {
+    pub fn new(config: &Config) -> Result<Self, AppError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(secs(config.upstream.connect_timeout_secs))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(AppError::internal)?;
+        let mut channels: Vec<ChannelState> = config
+            .channels
+            .iter()
+            .map(|c| ChannelState {
+                config: c.clone(),
+                next_key: AtomicUsize::new(0),
+            })
+            .collect();
+        channels.sort_by_key(|c| c.config.priority);
+        Ok(Self {
+            client,
+            channels,
+            first_byte_timeout: secs(config.upstream.first_byte_timeout_secs),
+            idle_timeout: secs(config.upstream.idle_timeout_secs),
+            demo_delay: Duration::from_millis(config.demo_chunk_delay_ms),
+        })
+    }
+
+    /// Starts a streaming answer. Before the upstream's first byte, a connect error,
+    /// timeout, 429 or 5xx moves on to the next channel; the first that answers 2xx
+    /// wins. With no channels configured the demo model answers.
+    pub async fn open(&self, req: &UpstreamRequest) -> Result<EventSource, AppError> {
+        if self.channels.is_empty() {
+            return Ok(EventSource::Demo(DemoEvents::new(
+                &req.model,
+                &req.messages,
+                self.demo_delay,
+            )));
+        }
+        let mut last_error = AppError::NotFound("模型不存在");
+        for channel in self.channels.iter().filter(|c| c.serves(&req.model)) {
+            match self.try_channel(channel, req).await {
+                Ok(events) => return Ok(EventSource::Http(Box::new(events))),
+                Err(e) => {
+                    tracing::warn!(channel = %channel.config.name, error = %e, "upstream failed before the first byte");
+                    last_error = e;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn try_channel(
+        &self,
+        channel: &ChannelState,
+        req: &UpstreamRequest,
+    ) -> Result<HttpEvents, AppError> {
+        let url = format!(
+            "{}/chat/completions",
+            channel.config.base_url.trim_end_matches('/')
+        );
+        let mut body = json!({
+            "model": req.model,
+            "messages": req.messages,
+            "stream": true,
+            "max_tokens": req.max_tokens,
+        });
+        if channel.config.include_usage {
+            body["stream_options"] = json!({ "include_usage": true });
+        }
+        if let Some(t) = req.temperature {
+            body["temperature"] = json!(t);
+        }
+        let mut request = self.client.post(&url).json(&body);
+        if let Some(key) = channel.next_key() {
+            request = request.bearer_auth(key);
+        }
+        let response = match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
+            Err(_) => return Err(upstream_error(true, "上游服务响应超时")),
+            Ok(Err(e)) if e.is_timeout() => return Err(upstream_error(true, "上游服务连接超时")),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "upstream request failed");
+                return Err(upstream_error(false, "上游服务连接失败"));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let detail = tokio::time::timeout(Duration::from_secs(2), response.text())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            let detail: String = detail.chars().take(300).collect();
+            tracing::warn!(channel = %channel.config.name, %status, %detail, "upstream refused");
+            return Err(upstream_error(false, "上游服务暂时不可用，请稍后再试"));
+        }
+        Ok(HttpEvents {
+            channel: channel.config.name.clone(),
+            response,
+            parser: SseParser::new(),
+            idle_timeout: self.idle_timeout,
+            deadline: Instant::now() + self.idle_timeout,
+            ended: false,
+        })
+    }
+}
+
+impl ChannelState {
+    fn serves(&self, model: &str) -> bool {
+        self.config.models.is_empty() || self.config.models.iter().any(|m| m == model)
+    }
+
+    fn next_key(&self) -> Option<&str> {
+        let keys = &self.config.api_keys;
+        if keys.is_empty() {
+            return None;
+        }
+        let i = self.next_key.fetch_add(1, Ordering::Relaxed) % keys.len();
+        Some(&keys[i])
+    }
+}
+
+fn upstream_error(timeout: bool, msg: &str) -> AppError {
+    AppError::Upstream {
+        timeout,
+        msg: msg.to_string(),
+    }
+}
+
+/// The events of an answer streamed by an HTTP upstream.
+pub struct HttpEvents {
+    channel: String,
+    response: reqwest::Response,
+    parser: SseParser,
+    idle_timeout: Duration,
+    /// When the silence since the last bytes becomes an idle timeout. Kept here, not
+    /// in the future, so a cancelled `next()` does not restart the clock.
+    deadline: Instant,
+    ended: bool,
+}
+
+impl HttpEvents {
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    pub async fn next(&mut self) -> Result<Option<SseEvent>, AppError> {
+        loop {
+            if let Some(event) = self.parser.next_event() {
+                return Ok(Some(event));
+            }
+            if self.ended {
+                return Ok(self.parser.finish());
+            }
+            match tokio::time::timeout_at(self.deadline, self.response.chunk()).await {
+                Err(_) => return Err(upstream_error(true, "上游服务长时间无响应，回答已中断")),
+                Ok(Err(e)) => {
+                    tracing::warn!(channel = %self.channel, error = %e, "upstream stream broke off");
+                    return Err(upstream_error(false, "上游服务连接中断，回答不完整"));
+                }
+                Ok(Ok(None)) => self.ended = true,
+                Ok(Ok(Some(bytes))) => {
+                    self.deadline = Instant::now() + self.idle_timeout;
+                    self.parser.push(&bytes);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,820 @@
+//! End to end through the real server on `127.0.0.1:0` against the in-process mock
+//! upstream: both framings, arbitrary upstream byte splits, dropped clients and
+//! resumption, stop, failures, conversations and bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
+
+mod common;
+
+use std::time::Duration;
+
+use chatgate::config::{Channel, Config, ModelConfig};
+use chatgate::mock_upstream::{self, Fault, LineEnding, MockConfig, MockUpstream};
+use chatgate::upstream::sse::SseParser;
+use common::{Gateway, RawClient, parse_mp, parse_sse};
+use serde_json::{Value, json};
+
+const MODEL: &str = "gpt-4o-mini";
+
+fn use_mock(config: &mut Config, mock: &MockUpstream) {
+    config.channels = vec![Channel {
+        name: "mock".into(),
+        base_url: mock.base_url(),
+        api_keys: vec!["key-1".into()],
+        models: vec![MODEL.into()],
+        priority: 0,
+        weight: 1,
+        include_usage: true,
+    }];
+    config.models.insert(
+        MODEL.into(),
+        ModelConfig {
+            input_micros_per_million: 150_000,
+            output_micros_per_million: 600_000,
+            ..ModelConfig::default()
+        },
+    );
+}
+
+async fn gateway_with(
+    mock_config: MockConfig,
+    change: impl FnOnce(&mut Config),
+) -> (Gateway, MockUpstream) {
+    let mock = MockUpstream::start(mock_config).await.unwrap();
+    let gw = Gateway::start(|c| {
+        use_mock(c, &mock);
+        change(c);
+    })
+    .await;
+    (gw, mock)
+}
+
+/// The data payloads the mock sends for `message` (everything but `[DONE]`), read
+/// straight from it with the same request the gateway makes.
+async fn upstream_events(mock: &MockUpstream, system: &str, message: &str) -> Vec<String> {
+    let body = json!({
+        "model": MODEL, "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": message}],
+    });
+    let bytes = reqwest::Client::new()
+        .post(format!("{}/chat/completions", mock.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut parser = SseParser::new();
+    parser.push(&bytes);
+    let mut out = Vec::new();
+    while let Some(e) = parser.next_event().or_else(|| parser.finish()) {
+        let data = String::from_utf8(e.data.to_vec()).unwrap();
+        if data != "[DONE]" {
+            out.push(data);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn both_framings_deliver_the_upstream_text_whatever_its_byte_splits() {
+    let (gw, mock) = gateway_with(MockConfig::default(), |_| {}).await;
+    let token = gw.register("alice").await;
+    let endings = [LineEnding::Lf, LineEnding::CrLf, LineEnding::Cr];
+    for seed in 0..12u64 {
+        let message = format!("问题 {seed}: error success 0 \"quoted\" \\ 😀\r\n end");
+        mock.set_config(MockConfig {
+            split_seed: Some(seed),
+            line_ending: endings[seed as usize % 3],
+            comments: seed % 2 == 0,
+            chunks: 10 + seed as usize * 7,
+            ..MockConfig::default()
+        });
+        let expected = mock_upstream::answer_for(&message);
+
+        let mp = gw.chat(&token, &json!({"message": message}), true).await;
+        assert_eq!(mp.status, 200);
+        assert_eq!(mp.header("content-type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(mp.header("x-accel-buffering"), Some("no"));
+        assert!(mp.header("x-message-id").is_some() && mp.header("x-request-id").is_some());
+        let parsed = parse_mp(&mp.chunks);
+        assert_eq!(parsed.content, expected, "seed {seed}");
+        let done = parsed.done.expect("done frame");
+        assert_eq!(done["message_id"], mp.header("x-message-id").unwrap());
+        assert_eq!(
+            done["conversation_id"],
+            mp.header("x-conversation-id").unwrap()
+        );
+        assert!(done["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+        assert!(done["cost_micros"].as_i64().unwrap() > 0);
+        assert!(parsed.error.is_none());
+
+        let sse = gw.chat(&token, &json!({"message": message}), false).await;
+        assert_eq!(sse.status, 200);
+        assert_eq!(
+            sse.header("content-type"),
+            Some("text/event-stream; charset=utf-8")
+        );
+        let parsed = parse_sse(&sse.body());
+        assert_eq!(parsed.content, expected, "seed {seed}");
+        // The upstream's events are relayed untouched, in order.
+        assert_eq!(
+            parsed.data,
+            upstream_events(&mock, &gw.app.config.system_prompt, &message).await,
+            "seed {seed}"
+        );
+        assert!(parsed.saw_done_marker);
+        let done = parsed.done.expect("event: done");
+        assert_eq!(done["message_id"], sse.header("x-message-id").unwrap());
+
+        let stored = gw
+            .wait_answer(&token, sse.header("x-message-id").unwrap())
+            .await;
+        assert_eq!(stored["status"], "done");
+        assert_eq!(stored["content"], expected);
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_flow_while_the_first_token_is_awaited() {
+    let (gw, _mock) = gateway_with(
+        MockConfig {
+            first_token_delay: Duration::from_millis(400),
+            ..MockConfig::default()
+        },
+        |c| c.heartbeat_secs = 0.05,
+    )
+    .await;
+    let token = gw.register("hb").await;
+    let mp = parse_mp(
+        &gw.chat(&token, &json!({"message": "hi"}), true)
+            .await
+            .chunks,
+    );
+    assert!(mp.heartbeats >= 2, "{mp:?}");
+    assert_eq!(mp.content, mock_upstream::answer_for("hi"));
+    let sse = parse_sse(
+        &gw.chat(&token, &json!({"message": "hi"}), false)
+            .await
+            .body(),
+    );
+    assert!(sse.keepalives >= 2, "{sse:?}");
+    assert_eq!(sse.content, mock_upstream::answer_for("hi"));
+}
+
+/// Reads mini-program chunks until at least `chars` code points of content arrived.
+async fn read_mp_until(client: &mut RawClient, chars: usize) -> String {
+    let mut content = String::new();
+    while content.chars().count() < chars {
+        let chunk = client.next_chunk().await.expect("more chunks");
+        for frame in std::str::from_utf8(&chunk)
+            .unwrap()
+            .split_terminator("\r\n")
+        {
+            let v: Value = serde_json::from_str(frame.strip_prefix("success: ").unwrap()).unwrap();
+            content.push_str(v["content"].as_str().unwrap());
+        }
+    }
+    content
+}
+
+#[tokio::test]
+async fn a_dropped_client_does_not_stop_the_answer_and_can_resume_exactly() {
+    let (gw, _mock) = gateway_with(
+        MockConfig {
+            chunks: 40,
+            chunk_delay: Duration::from_millis(15),
+            ..MockConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let token = gw.register("bob").await;
+    let message = "tell me 一个故事 😀";
+    let expected = mock_upstream::answer_for(message);
+    let body = json!({"message": message}).to_string();
+
+    // Mini-program: read a few frames, hang up mid-answer.
+    let mut client = RawClient::send(
+        gw.addr,
+        "POST",
+        "/api/chat?client=mp",
+        Some(&token),
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    let id = client.header("x-message-id").unwrap();
+    let got = read_mp_until(&mut client, 5).await;
+    drop(client);
+    assert!(expected.starts_with(&got));
+
+    // Re-attach while it is still streaming: exactly the remainder, live until done.
+    let offset = got.chars().count();
+    let resumed = gw
+        .raw(
+            "GET",
+            &format!("/api/messages/{id}/stream?offset={offset}&client=mp"),
+            Some(&token),
+            &[],
+            b"",
+        )
+        .await;
+    let resumed = parse_mp(&resumed.chunks);
+    assert_eq!(format!("{got}{}", resumed.content), expected);
+    assert!(resumed.done.is_some());
+
+    // The answer was completed and stored although its first client left.
+    let stored = gw.wait_answer(&token, &id).await;
+    assert_eq!(stored["status"], "done");
+    assert_eq!(stored["content"], expected);
+    assert!(stored["cost_micros"].as_i64().unwrap() > 0);
+
+    // After the end, from the database, in both framings and at any offset.
+    for offset in [
+        0usize,
+        1,
+        7,
+        expected.chars().count() - 1,
+        expected.chars().count(),
+    ] {
+        let rest: String = expected.chars().skip(offset).collect();
+        let mp = gw
+            .raw(
+                "GET",
+                &format!("/api/messages/{id}/stream?offset={offset}"),
+                Some(&token),
+                &[("X-Client", "mp")],
+                b"",
+            )
+            .await;
+        assert_eq!(parse_mp(&mp.chunks).content, rest, "offset {offset}");
+        let sse = gw
+            .raw(
+                "GET",
+                &format!("/api/messages/{id}/stream?offset={offset}"),
+                Some(&token),
+                &[],
+                b"",
+            )
+            .await;
+        let sse = parse_sse(&sse.body());
+        assert_eq!(sse.content, rest, "offset {offset}");
+        assert!(sse.done.is_some() && sse.saw_done_marker);
+    }
+
+    // SSE: drop after the first bytes too.
+    let mut client = RawClient::send(
+        gw.addr,
+        "POST",
+        "/api/chat",
+        Some(&token),
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    let id = client.header("x-message-id").unwrap();
+    client.next_chunk().await.unwrap();
+    drop(client);
+    let stored = gw.wait_answer(&token, &id).await;
+    assert_eq!(stored["status"], "done");
+    assert_eq!(stored["content"], expected);
+
+    // Another user cannot read or resume it.
+    let eve = gw.register("eve").await;
+    let (status, body) = gw
+        .json(
+            "GET",
+            &format!("/api/messages/{id}"),
+            Some(&eve),
+            &Value::Null,
+        )
+        .await;
+    assert_eq!((status, body["code"].as_i64()), (404, Some(404)));
+}
+
+#[tokio::test]
+async fn stop_ends_the_answer_and_keeps_what_was_produced() {
+    let (gw, _mock) = gateway_with(
+        MockConfig {
+            chunks: 200,
+            chunk_delay: Duration::from_millis(20),
+            answer: Some("慢".repeat(400)),
+            ..MockConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let token = gw.register("carol").await;
+    let body = json!({"message": "go"}).to_string();
+    let mut client = RawClient::send(
+        gw.addr,
+        "POST",
+        "/api/chat?client=mp",
+        Some(&token),
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    let id = client.header("x-message-id").unwrap();
+    read_mp_until(&mut client, 4).await;
+    let (status, stopped) = gw
+        .json(
+            "POST",
+            &format!("/api/messages/{id}/stop"),
+            Some(&token),
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["status"], "stopped");
+    let kept = stopped["content"].as_str().unwrap().chars().count();
+    assert!((4..400).contains(&kept), "kept {kept}");
+    // The open stream ends with a done frame and the terminal.
+    let rest = client.read_all().await;
+    assert_eq!(rest.chunks.last().unwrap(), b"0\r\n\r\n");
+    assert!(
+        String::from_utf8(rest.body())
+            .unwrap()
+            .contains("\"done\":true")
+    );
+}
+
+#[tokio::test]
+async fn upstream_failures_are_code_11000_in_both_framings() {
+    // Nothing listens on the upstream's port: fails before the stream.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = Gateway::start(|c| {
+        c.channels = vec![Channel {
+            name: "dead".into(),
+            base_url: format!("http://{closed}/v1"),
+            api_keys: vec![],
+            models: vec![MODEL.into()],
+            priority: 0,
+            weight: 1,
+            include_usage: true,
+        }];
+    })
+    .await;
+    let token = gw.register("dave").await;
+    let sse = gw.chat(&token, &json!({"message": "hi"}), false).await;
+    assert_eq!(sse.status, 502);
+    let body: Value = serde_json::from_slice(&sse.body()).unwrap();
+    assert_eq!(body["code"], 11000);
+    let mp = gw.chat(&token, &json!({"message": "hi"}), true).await;
+    assert_eq!(mp.status, 200);
+    assert_eq!(parse_mp(&mp.chunks).error.unwrap()["code"], 11000);
+
+    // The stream breaks off mid-answer: in-band 11000, the text so far kept, nothing billed.
+    for fault in [Fault::DropAfter(3), Fault::InBandErrorAfter(3)] {
+        let (gw, _mock) = gateway_with(
+            MockConfig {
+                fault: fault.clone(),
+                ..MockConfig::default()
+            },
+            |_| {},
+        )
+        .await;
+        let token = gw.register("erin").await;
+        let mp = gw.chat(&token, &json!({"message": "hi"}), true).await;
+        let parsed = parse_mp(&mp.chunks);
+        assert_eq!(parsed.error.as_ref().unwrap()["code"], 11000, "{fault:?}");
+        assert!(!parsed.content.is_empty());
+        let sse = gw.chat(&token, &json!({"message": "hi"}), false).await;
+        assert_eq!(sse.status, 200);
+        let parsed = parse_sse(&sse.body());
+        assert_eq!(parsed.error.unwrap()["code"], 11000, "{fault:?}");
+        assert!(parsed.saw_done_marker);
+        let stored = gw
+            .wait_answer(&token, sse.header("x-message-id").unwrap())
+            .await;
+        assert_eq!(stored["status"], "failed");
+        assert_eq!(stored["cost_micros"], 0);
+        assert!(!stored["content"].as_str().unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_missing_done_marker_still_completes_the_answer() {
+    let (gw, _mock) = gateway_with(
+        MockConfig {
+            fault: Fault::NoDone,
+            split_seed: Some(7),
+            ..MockConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let token = gw.register("fay").await;
+    let parsed = parse_mp(&gw.chat(&token, &json!({"message": "x"}), true).await.chunks);
+    assert_eq!(parsed.content, mock_upstream::answer_for("x"));
+    assert!(parsed.done.is_some());
+}
+
+#[tokio::test]
+async fn conversations_carry_history_and_belong_to_their_user() {
+    let (gw, mock) = gateway_with(MockConfig::default(), |c| {
+        c.system_prompt = "be brief".into()
+    })
+    .await;
+    let token = gw.register("gina").await;
+    let first = gw
+        .chat(&token, &json!({"message": "first question"}), false)
+        .await;
+    let conversation = first.header("x-conversation-id").unwrap().to_string();
+    let second = gw
+        .chat(
+            &token,
+            &json!({"message": "second question", "conversation_id": conversation}),
+            true,
+        )
+        .await;
+    assert_eq!(
+        second.header("x-conversation-id"),
+        Some(conversation.as_str())
+    );
+    parse_mp(&second.chunks).done.unwrap();
+
+    let sent = mock.last_request().unwrap().body;
+    let messages: Vec<(String, String)> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().into(),
+                m["content"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        vec![
+            ("system".into(), "be brief".into()),
+            ("user".into(), "first question".into()),
+            (
+                "assistant".into(),
+                mock_upstream::answer_for("first question")
+            ),
+            ("user".into(), "second question".into()),
+        ]
+    );
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+
+    let (status, list) = gw
+        .json("GET", "/api/conversations", Some(&token), &Value::Null)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["conversations"][0]["id"], conversation.as_str());
+    let (status, conv) = gw
+        .json(
+            "GET",
+            &format!("/api/conversations/{conversation}"),
+            Some(&token),
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(conv["messages"].as_array().unwrap().len(), 4);
+
+    // Someone else's conversation does not exist for you.
+    let other = gw.register("hank").await;
+    for (method, path) in [
+        ("GET", format!("/api/conversations/{conversation}")),
+        ("DELETE", format!("/api/conversations/{conversation}")),
+    ] {
+        let (status, body) = gw.json(method, &path, Some(&other), &Value::Null).await;
+        assert_eq!((status, body["code"].as_i64()), (404, Some(404)));
+    }
+    let refused = gw
+        .chat(
+            &other,
+            &json!({"message": "x", "conversation_id": conversation}),
+            false,
+        )
+        .await;
+    assert_eq!(refused.status, 404);
+    let (status, list) = gw
+        .json("GET", "/api/conversations", Some(&other), &Value::Null)
+        .await;
+    assert_eq!(
+        (status, list["conversations"].as_array().unwrap().len()),
+        (200, 0)
+    );
+
+    let (status, _) = gw
+        .json(
+            "DELETE",
+            &format!("/api/conversations/{conversation}"),
+            Some(&token),
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = gw
+        .json(
+            "GET",
+            &format!("/api/conversations/{conversation}"),
+            Some(&token),
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn old_turns_are_trimmed_to_the_context_budget() {
+    let (gw, mock) = gateway_with(MockConfig::default(), |c| {
+        let m = c.models.get_mut(MODEL).unwrap();
+        m.context_tokens = 700;
+        m.max_output_tokens = 300;
+    })
+    .await;
+    let token = gw.register("ivan").await;
+    let mut conversation = Value::Null;
+    for i in 0..8 {
+        let resp = gw
+            .chat(&token, &json!({"message": format!("question number {i}"), "conversation_id": conversation}), false)
+            .await;
+        conversation = json!(resp.header("x-conversation-id").unwrap());
+        parse_sse(&resp.body()).done.unwrap();
+    }
+    let sent = mock.last_request().unwrap().body;
+    let messages = sent["messages"].as_array().unwrap();
+    let total: u64 = messages
+        .iter()
+        .map(|m| chatgate::tokens::count(m["content"].as_str().unwrap()) + 4)
+        .sum::<u64>()
+        + 3;
+    assert!(total <= 400, "prompt of {total} tokens exceeds the budget");
+    assert!(messages.len() < 1 + 2 * 7 + 1, "old turns were dropped");
+    assert!(messages.len() >= 3, "the newest turn that fits is kept");
+    assert_eq!(messages.last().unwrap()["content"], "question number 7");
+    assert_eq!(
+        messages[messages.len() - 2]["content"],
+        mock_upstream::answer_for("question number 6")
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_its_code_in_both_framings_and_stores_nothing() {
+    let (gw, _mock) = gateway_with(MockConfig::default(), |c| {
+        c.limits.max_body_bytes = 4096;
+        c.limits.max_message_chars = 100;
+    })
+    .await;
+    let token = gw.register("judy").await;
+    let expired = {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        let claims = json!({"sub": "1", "iat": 1, "exp": 2});
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"test-secret"),
+        )
+        .unwrap()
+    };
+    let forged = {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        let claims = json!({"sub": "1", "iat": 1, "exp": 4_000_000_000u64});
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"wrong"),
+        )
+        .unwrap()
+    };
+    let big = json!({"message": "x".repeat(5000)}).to_string();
+    let cases: Vec<(&str, Option<&str>, Vec<u8>, i64, u16)> = vec![
+        (
+            "invalid JSON",
+            Some(&token),
+            b"{not json".to_vec(),
+            10001,
+            400,
+        ),
+        (
+            "missing message",
+            Some(&token),
+            br#"{"conversation_id":null}"#.to_vec(),
+            10001,
+            400,
+        ),
+        (
+            "empty message",
+            Some(&token),
+            br#"{"message":"  "}"#.to_vec(),
+            10001,
+            400,
+        ),
+        (
+            "non-UTF-8",
+            Some(&token),
+            b"{\"message\":\"\xff\xfe\"}".to_vec(),
+            10001,
+            400,
+        ),
+        (
+            "body over the cap",
+            Some(&token),
+            big.into_bytes(),
+            10001,
+            400,
+        ),
+        (
+            "message too long",
+            Some(&token),
+            json!({"message": "长".repeat(101)})
+                .to_string()
+                .into_bytes(),
+            102,
+            413,
+        ),
+        ("no token", None, br#"{"message":"hi"}"#.to_vec(), -1, 401),
+        (
+            "forged token",
+            Some(&forged),
+            br#"{"message":"hi"}"#.to_vec(),
+            -1,
+            401,
+        ),
+        (
+            "expired token",
+            Some(&expired),
+            br#"{"message":"hi"}"#.to_vec(),
+            -1,
+            401,
+        ),
+        (
+            "unknown conversation",
+            Some(&token),
+            br#"{"message":"hi","conversation_id":"0123456789abcdef0123456789abcdef"}"#.to_vec(),
+            404,
+            404,
+        ),
+        (
+            "unknown model",
+            Some(&token),
+            br#"{"message":"hi","model":"nope"}"#.to_vec(),
+            404,
+            404,
+        ),
+    ];
+    for (what, tok, body, code, status) in cases {
+        let sse = gw.raw("POST", "/api/chat", tok, &[], &body).await;
+        assert_eq!(sse.status, status, "{what} (SSE)");
+        let json: Value = serde_json::from_slice(&sse.body()).unwrap();
+        assert_eq!(json["code"], code, "{what} (SSE)");
+        assert!(json["msg"].as_str().is_some_and(|m| !m.is_empty()));
+        if code == 102 {
+            assert_eq!(json["reason"], "input_too_long");
+        }
+
+        let mp = gw.raw("POST", "/api/chat?client=mp", tok, &[], &body).await;
+        assert_eq!(mp.status, 200, "{what} (mp)");
+        assert_eq!(mp.chunks.len(), 2, "{what}: error frame, then the terminal");
+        let parsed = parse_mp(&mp.chunks);
+        assert_eq!(parsed.error.unwrap()["code"], code, "{what} (mp)");
+    }
+    assert_eq!(
+        gw.message_count().await,
+        0,
+        "refused requests store nothing"
+    );
+
+    let (status, body) = gw.json("GET", "/api/nope", None, &Value::Null).await;
+    assert_eq!((status, body["code"].as_i64()), (404, Some(404)));
+}
+
+#[tokio::test]
+async fn accounts_register_login_and_me() {
+    let gw = Gateway::start(|_| {}).await;
+    let token = gw.register("kate").await;
+    let (status, body) = gw
+        .json(
+            "POST",
+            "/api/auth/register",
+            None,
+            &json!({"username": "kate", "password": "secret123"}),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_i64()), (409, Some(10001)));
+    let (status, body) = gw
+        .json(
+            "POST",
+            "/api/auth/login",
+            None,
+            &json!({"username": "kate", "password": "wrong-pass"}),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_i64()), (401, Some(-1)));
+    let (status, body) = gw
+        .json(
+            "POST",
+            "/api/auth/login",
+            None,
+            &json!({"username": "kate", "password": "secret123"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(body["expires_at"].as_u64().unwrap() > chatgate::clock::unix_secs());
+    let login_token = body["token"].as_str().unwrap();
+    for t in [token.as_str(), login_token] {
+        let (status, me) = gw.json("GET", "/api/me", Some(t), &Value::Null).await;
+        assert_eq!(status, 200);
+        assert_eq!(me["username"], "kate");
+        assert_eq!(me["balance_micros"], 0);
+    }
+    let (status, _) = gw.json("GET", "/api/me", None, &Value::Null).await;
+    assert_eq!(status, 401);
+
+    let options = gw
+        .raw(
+            "OPTIONS",
+            "/api/chat",
+            None,
+            &[
+                ("Origin", "http://x"),
+                ("Access-Control-Request-Method", "POST"),
+            ],
+            b"",
+        )
+        .await;
+    assert_eq!(options.status, 204);
+    assert!(
+        options
+            .header("access-control-allow-headers")
+            .unwrap()
+            .contains("Authorization")
+    );
+    assert_eq!(options.header("access-control-allow-origin"), Some("*"));
+    let health = gw.raw("GET", "/healthz", None, &[], b"").await;
+    assert_eq!((health.status, health.text()), (200, "ok".to_string()));
+    assert!(health.header("x-request-id").is_some());
+}
+
+#[tokio::test]
+async fn the_demo_model_answers_without_any_upstream() {
+    let gw = Gateway::start(|_| {}).await;
+    let token = gw.register("demo-user").await;
+    let expected = chatgate::upstream::demo::answer_for("你好");
+    let mp = parse_mp(
+        &gw.chat(&token, &json!({"message": "你好"}), true)
+            .await
+            .chunks,
+    );
+    assert_eq!(mp.content, expected);
+    assert!(mp.content.contains("演示模型"));
+    let sse = parse_sse(
+        &gw.chat(&token, &json!({"message": "你好"}), false)
+            .await
+            .body(),
+    );
+    assert_eq!(sse.content, expected);
+    assert_eq!(sse.done.unwrap()["cost_micros"], 0);
+}
+
+#[tokio::test]
+async fn shutdown_lets_open_answers_finish_and_be_stored() {
+    let (gw, _mock) = gateway_with(
+        MockConfig {
+            chunks: 30,
+            chunk_delay: Duration::from_millis(20),
+            ..MockConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let token = gw.register("liam").await;
+    let body = json!({"message": "long"}).to_string();
+    let mut client = RawClient::send(
+        gw.addr,
+        "POST",
+        "/api/chat?client=mp",
+        Some(&token),
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    let id = client.header("x-message-id").unwrap();
+    read_mp_until(&mut client, 2).await;
+    let app = std::sync::Arc::clone(&gw.app);
+    let reader = tokio::spawn(async move { client.read_all().await });
+    gw.shutdown().await;
+    // The client got the whole answer, and the database has it.
+    let rest = reader.await.unwrap();
+    assert_eq!(rest.chunks.last().unwrap(), b"0\r\n\r\n");
+    use sea_orm::EntityTrait;
+    let row = entity::message::Entity::find_by_id(id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, "done");
+    assert_eq!(row.content, mock_upstream::answer_for("long"));
+}

@@ -1,0 +1,440 @@
+//! Shared test harness: a real gateway on `127.0.0.1:0` (in-process, own SQLite file),
+//! a raw HTTP/1.1 client that sees the exact HTTP chunks the server wrote, and parsers
+//! for both framings written independently of the gateway's own code.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatgate::app::App;
+use chatgate::config::Config;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+pub struct Gateway {
+    pub addr: std::net::SocketAddr,
+    pub app: Arc<App>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// A config for tests: its own SQLite file, fast heartbeats and flushes.
+pub fn test_config(dir: &tempfile::TempDir) -> Config {
+    Config {
+        listen: "127.0.0.1:0".into(),
+        database_url: format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display()),
+        jwt_secret: Some("test-secret".into()),
+        admin_token: Some("test-admin".into()),
+        heartbeat_secs: 5.0,
+        answer_flush_secs: 0.05,
+        demo_chunk_delay_ms: 1,
+        shutdown_grace_secs: 10,
+        ..Config::default()
+    }
+}
+
+impl Gateway {
+    /// Starts a gateway with the test config changed by `change`.
+    pub async fn start(change: impl FnOnce(&mut Config)) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(&dir);
+        change(&mut config);
+        let app = App::new(config).await.expect("gateway starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let server = tokio::spawn(chatgate::server::run(listener, Arc::clone(&app), async {
+            let _ = rx.await;
+        }));
+        Gateway {
+            addr,
+            app,
+            stop: Some(tx),
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    /// Asks the server to shut down gracefully and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn register(&self, username: &str) -> String {
+        let (status, body) = self
+            .json(
+                "POST",
+                "/api/auth/register",
+                None,
+                &json!({"username": username, "password": "secret123"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().unwrap().to_string()
+    }
+
+    /// A JSON request; returns the status and the parsed body (Null when not JSON).
+    pub async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value) {
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        let resp = self.raw(method, path, token, &[], &body).await;
+        (
+            resp.status,
+            serde_json::from_slice(&resp.body()).unwrap_or(Value::Null),
+        )
+    }
+
+    /// A request through the raw client: every HTTP chunk as the server wrote it.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> RawResponse {
+        let mut conn = RawClient::send(self.addr, method, path, token, headers, body).await;
+        conn.read_all().await
+    }
+
+    pub async fn chat(&self, token: &str, body: &Value, mp: bool) -> RawResponse {
+        let path = if mp {
+            "/api/chat?client=mp"
+        } else {
+            "/api/chat"
+        };
+        self.raw("POST", path, Some(token), &[], body.to_string().as_bytes())
+            .await
+    }
+
+    /// Rows in the messages table (to check that refused requests store nothing).
+    pub async fn message_count(&self) -> u64 {
+        use sea_orm::{EntityTrait, PaginatorTrait};
+        entity::message::Entity::find()
+            .count(&self.app.db)
+            .await
+            .unwrap()
+    }
+
+    /// Polls `GET /api/messages/{id}` until its status is not `streaming`.
+    pub async fn wait_answer(&self, token: &str, id: &str) -> Value {
+        for _ in 0..2000 {
+            let (status, body) = self
+                .json(
+                    "GET",
+                    &format!("/api/messages/{id}"),
+                    Some(token),
+                    &Value::Null,
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            if body["status"] != "streaming" {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("answer {id} never ended");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub chunks: Vec<Vec<u8>>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        self.chunks.concat()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body()).expect("body is UTF-8")
+    }
+}
+
+/// An HTTP/1.1 client over a plain socket that reports each chunk of a chunked body
+/// exactly as framed by the server (hyper's client would be free to split them).
+pub struct RawClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    chunked: bool,
+    content_length: Option<usize>,
+    finished: bool,
+}
+
+impl RawClient {
+    pub async fn send(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> RawClient {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        stream.write_all(body).await.unwrap();
+        let mut client = RawClient {
+            stream,
+            buf: Vec::new(),
+            status: 0,
+            headers: Vec::new(),
+            chunked: false,
+            content_length: None,
+            finished: false,
+        };
+        client.read_head().await;
+        client
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut tmp = [0u8; 16384];
+        let n = tokio::time::timeout(Duration::from_secs(60), self.stream.read(&mut tmp))
+            .await
+            .expect("server answers within 60 s")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&tmp[..n]);
+        n > 0
+    }
+
+    async fn read_head(&mut self) {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+                self.buf.drain(..end + 4);
+                let mut lines = head.split("\r\n");
+                let status_line = lines.next().unwrap();
+                self.status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+                for line in lines {
+                    let (k, v) = line.split_once(':').unwrap();
+                    self.headers
+                        .push((k.trim().to_lowercase(), v.trim().to_string()));
+                }
+                let get = |n: &str| {
+                    self.headers
+                        .iter()
+                        .find(|(k, _)| k == n)
+                        .map(|(_, v)| v.clone())
+                };
+                self.chunked = get("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+                self.content_length = get("content-length").and_then(|v| v.parse().ok());
+                return;
+            }
+            assert!(
+                self.fill().await,
+                "connection closed before the response head"
+            );
+        }
+    }
+
+    /// The next chunk of the body, exactly as framed; `None` at the end.
+    pub async fn next_chunk(&mut self) -> Option<Vec<u8>> {
+        if self.finished {
+            return None;
+        }
+        if !self.chunked {
+            let want = self.content_length.unwrap_or(usize::MAX);
+            while self.buf.len() < want && self.fill().await {}
+            self.finished = true;
+            let body: Vec<u8> = self.buf.drain(..want.min(self.buf.len())).collect();
+            return if body.is_empty() { None } else { Some(body) };
+        }
+        loop {
+            if let Some(line_end) = find(&self.buf, b"\r\n") {
+                let size_text = std::str::from_utf8(&self.buf[..line_end]).unwrap();
+                let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                    .expect("chunk size");
+                if size == 0 {
+                    self.finished = true;
+                    return None;
+                }
+                if self.buf.len() >= line_end + 2 + size + 2 {
+                    let data = self.buf[line_end + 2..line_end + 2 + size].to_vec();
+                    assert_eq!(&self.buf[line_end + 2 + size..line_end + 4 + size], b"\r\n");
+                    self.buf.drain(..line_end + 4 + size);
+                    return Some(data);
+                }
+            }
+            if !self.fill().await {
+                panic!("connection closed inside a chunked body");
+            }
+        }
+    }
+
+    pub async fn read_all(&mut self) -> RawResponse {
+        let mut chunks = Vec::new();
+        while let Some(c) = self.next_chunk().await {
+            chunks.push(c);
+        }
+        RawResponse {
+            status: self.status,
+            headers: self.headers.clone(),
+            chunks,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// What a mini-program client reads from a response, parsed by splitting on `\r\n`
+/// as the contract says; also checks the contract's structural rules.
+#[derive(Debug, Default)]
+pub struct MpStream {
+    pub content: String,
+    pub heartbeats: usize,
+    pub done: Option<Value>,
+    pub error: Option<Value>,
+    pub terminal: bool,
+}
+
+pub fn parse_mp(chunks: &[Vec<u8>]) -> MpStream {
+    let mut out = MpStream::default();
+    assert!(!chunks.is_empty(), "no chunks");
+    assert_eq!(
+        chunks.last().unwrap(),
+        b"0\r\n\r\n",
+        "the terminal is the last chunk, alone"
+    );
+    out.terminal = true;
+    for chunk in &chunks[..chunks.len() - 1] {
+        let text = std::str::from_utf8(chunk).expect("each chunk is whole UTF-8 frames");
+        assert!(
+            text.ends_with("\r\n"),
+            "each chunk holds whole frames: {text:?}"
+        );
+        if let Some(json) = text.strip_prefix("event: error\ndata: ") {
+            out.error = Some(serde_json::from_str(json.trim_end()).unwrap());
+            continue;
+        }
+        for frame in text.split_terminator("\r\n") {
+            let json = frame
+                .strip_prefix("success: ")
+                .unwrap_or_else(|| panic!("unexpected frame {frame:?}"));
+            assert!(
+                !json.contains("error") && !json.contains("success"),
+                "frame leaks a keyword: {json}"
+            );
+            let v: Value = serde_json::from_str(json).unwrap();
+            let piece = v["content"].as_str().unwrap();
+            if v["done"] == true {
+                out.done = Some(v.clone());
+            } else if piece.is_empty() {
+                out.heartbeats += 1;
+            }
+            out.content.push_str(piece);
+        }
+    }
+    out
+}
+
+/// What an H5 client reads from an SSE response.
+#[derive(Debug, Default)]
+pub struct SseStream {
+    /// `data` of every unnamed event, in order (without `[DONE]`).
+    pub data: Vec<String>,
+    pub content: String,
+    pub keepalives: usize,
+    pub done: Option<Value>,
+    pub error: Option<Value>,
+    pub saw_done_marker: bool,
+}
+
+pub fn parse_sse(body: &[u8]) -> SseStream {
+    let text = std::str::from_utf8(body).unwrap();
+    let mut out = SseStream::default();
+    for block in text.split_terminator("\n\n") {
+        if block.starts_with(": keep-alive") {
+            out.keepalives += 1;
+            continue;
+        }
+        let mut event = None;
+        let mut data = Vec::new();
+        for line in block.split('\n') {
+            if let Some(e) = line.strip_prefix("event: ") {
+                event = Some(e);
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                data.push(d);
+            } else {
+                panic!("unexpected SSE line {line:?}");
+            }
+        }
+        let data = data.join("\n");
+        match event {
+            Some("done") => out.done = Some(serde_json::from_str(&data).unwrap()),
+            Some("error") => out.error = Some(serde_json::from_str(&data).unwrap()),
+            Some(other) => panic!("unexpected event {other}"),
+            None if data == "[DONE]" => out.saw_done_marker = true,
+            None => {
+                let v: Value = serde_json::from_str(&data).unwrap();
+                if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+                    out.content.push_str(c);
+                }
+                out.data.push(data);
+            }
+        }
+    }
+    out
+}
