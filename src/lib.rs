@@ -20,6 +20,7 @@
 //! - [`tokens`] — token counting with a real BPE tokenizer.
 //! - [`db`] — connection, migrations, generated-once settings.
 //! - [`sweep`] — periodic housekeeping (answers abandoned by a dead process).
+//! - [`web`] — the built H5 page, embedded, served at `/`.
 //! - [`mock_upstream`] — an OpenAI-compatible mock upstream for tests and benchmarks.
 
 #![forbid(unsafe_code)]
@@ -39,3 +40,4 @@ pub mod server;
 pub mod sweep;
 pub mod tokens;
 pub mod upstream;
+pub mod web;

@@ -67,6 +67,9 @@ async fn route(
         (&Method::DELETE, ["api", "conversations", id]) => {
             chat::delete_conversation(app, req, id).await
         }
+        (&Method::GET | &Method::HEAD, _) => {
+            crate::web::serve(path).ok_or(AppError::NotFound("接口不存在"))
+        }
         _ => Err(AppError::NotFound("接口不存在")),
     };
     result.unwrap_or_else(|err| response::error(&err))

@@ -1,0 +1,197 @@
+//! The real `chatgate` binary, as a new user runs it: no configuration, port 0, the
+//! demo model in both framings, a restart that keeps logins and answers, SIGTERM that
+//! lets an open answer finish, and a bad configuration refused in one line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{RawClient, parse_mp, parse_sse};
+use serde_json::{Value, json};
+
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+/// Starts the binary in `dir` with only `CHATGATE_LISTEN` set (plus `env`) and waits
+/// for its `listening on http://ADDR` line.
+fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Running {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CHATGATE_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                let _ = tx.send(addr);
+                sent = true;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the binary logs its address");
+    Running { child, addr }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failing test must not leave a gateway running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}
+
+async fn json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
+    let body = body.to_string();
+    let resp = RawClient::send(addr, method, path, token, &[], body.as_bytes())
+        .await
+        .read_all()
+        .await;
+    (
+        resp.status,
+        serde_json::from_slice(&resp.body()).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_user_runs_the_gateway_with_no_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = start(dir.path(), &[]);
+    assert!(
+        dir.path().join("chatgate.db").exists(),
+        "SQLite file in the working directory"
+    );
+    let (status, body) = json(
+        gw.addr,
+        "POST",
+        "/api/auth/register",
+        None,
+        &json!({"username": "new", "password": "secret123"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().unwrap().to_string();
+
+    let expected = chatgate::upstream::demo::answer_for("你好");
+    let body = json!({"message": "你好"}).to_string();
+    let mp = RawClient::send(
+        gw.addr,
+        "POST",
+        "/api/chat?client=mp",
+        Some(&token),
+        &[],
+        body.as_bytes(),
+    )
+    .await
+    .read_all()
+    .await;
+    assert_eq!(parse_mp(&mp.chunks).content, expected);
+    let sse = RawClient::send(
+        gw.addr,
+        "POST",
+        "/api/chat",
+        Some(&token),
+        &[],
+        body.as_bytes(),
+    )
+    .await
+    .read_all()
+    .await;
+    assert_eq!(parse_sse(&sse.body()).content, expected);
+
+    // SIGTERM while an answer streams: the answer finishes, then the process exits 0.
+    let mut client = RawClient::send(
+        gw.addr,
+        "POST",
+        "/api/chat?client=mp",
+        Some(&token),
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    let id = client.header("x-message-id").unwrap();
+    client.next_chunk().await.unwrap();
+    let child = &mut gw.child;
+    let status = tokio::task::block_in_place(|| terminate(child));
+    assert!(status.success(), "{status:?}");
+    let rest = client.read_all().await;
+    assert_eq!(rest.chunks.last().unwrap(), b"0\r\n\r\n");
+
+    // Restarted on the same database: the login still works (the JWT secret was
+    // stored) and the answer interrupted by the shutdown is complete.
+    let mut gw = start(dir.path(), &[]);
+    let (status, stored) = json(
+        gw.addr,
+        "GET",
+        &format!("/api/messages/{id}"),
+        Some(&token),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["status"], "done");
+    assert_eq!(stored["content"], expected.as_str());
+    let status = tokio::task::block_in_place(|| terminate(&mut gw.child));
+    assert!(status.success());
+}
+
+#[test]
+fn a_bad_configuration_is_one_line_and_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[limits]\nmax_body_bytes = \"lots\"\n").unwrap();
+    for env in [
+        vec![("CHATGATE_CONFIG", path.to_str().unwrap())],
+        vec![("CHATGATE_DATABASE_URL", "oracle://nope")],
+        vec![("CHATGATE_LISTEN", "not an address")],
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+        cmd.current_dir(dir.path())
+            .env_clear()
+            .env("CHATGATE_LISTEN", "127.0.0.1:0");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{env:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{env:?}: {stderr}");
+        assert!(
+            stderr.starts_with("chatgate: bad configuration"),
+            "{stderr}"
+        );
+    }
+}

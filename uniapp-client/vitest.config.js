@@ -1,0 +1,8 @@
+// Separate from vite.config.js on purpose: the uni plugin breaks vitest.
+import { defineConfig } from 'vitest/config'
+import vue from '@vitejs/plugin-vue'
+
+export default defineConfig({
+  plugins: [vue({ template: { compilerOptions: { isCustomElement: (t) => ['view', 'text', 'scroll-view'].includes(t) } } })],
+  test: { environment: 'node', include: ['tests/**/*.test.js'] },
+})
