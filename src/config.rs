@@ -79,6 +79,12 @@ pub struct Config {
     pub answer_flush_secs: f64,
     /// Milliseconds between the pieces of the demo model's canned answer.
     pub demo_chunk_delay_ms: u64,
+    /// The UTC offset whose midnight starts a new day of free messages (`+08:00`).
+    pub timezone: String,
+    /// Seconds between housekeeping runs (abandoned holds and answers).
+    pub sweep_interval_secs: f64,
+    /// Guest accounts one client address may create per day.
+    pub guests_per_ip_per_day: u32,
     pub limits: Limits,
     pub upstream: UpstreamTimeouts,
     pub channels: Vec<Channel>,
@@ -106,6 +112,9 @@ impl Default for Config {
             shutdown_grace_secs: 30,
             answer_flush_secs: 1.0,
             demo_chunk_delay_ms: 40,
+            timezone: "+08:00".into(),
+            sweep_interval_secs: 60.0,
+            guests_per_ip_per_day: 3,
             limits: Limits::default(),
             upstream: UpstreamTimeouts::default(),
             channels: Vec::new(),
@@ -483,9 +492,28 @@ impl Config {
                 .any(|c| c.models.is_empty() || c.models.iter().any(|m| m == model))
     }
 
-    /// Price and size of `model` (the defaults when it has no `[models]` entry).
+    /// Price and size of `model` (the defaults when it has no `[models]` entry). The
+    /// demo model costs a token amount per answer unless configured, so the whole money
+    /// path can be tried with it.
     pub fn model(&self, model: &str) -> ModelConfig {
-        self.models.get(model).cloned().unwrap_or_default()
+        match self.models.get(model) {
+            Some(m) => m.clone(),
+            None if model == DEMO_MODEL => ModelConfig {
+                request_micros: 10_000,
+                ..ModelConfig::default()
+            },
+            None => ModelConfig::default(),
+        }
+    }
+
+    /// Minutes east of UTC of the free-message day.
+    pub fn utc_offset_minutes(&self) -> i32 {
+        crate::ledger::day::parse_offset(&self.timezone).unwrap_or(480)
+    }
+
+    /// Today's date (`YYYY-MM-DD`) for free messages.
+    pub fn today(&self) -> String {
+        crate::ledger::day::local_day(crate::clock::unix_millis(), self.utc_offset_minutes())
     }
 }
 
@@ -563,6 +591,7 @@ mod tests {
             "[[channels]]\nname=\"a\"\nbase_url=\"ftp://x\"",
             "[models.m]\ncontext_tokens = 10\nmax_output_tokens = 20",
             "default_model = \"gpt\"",
+            "timezone = \"Asia/Shanghai\"",
         ];
         for text in cases {
             let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,8 @@
 //!   `chat::frame_mp` and `chat::frame_sse` are the two framings (pure).
 //! - [`upstream`] — channels with failover, the incremental SSE parser (pure), the
 //!   OpenAI chunk reader, and the built-in demo model.
-//! - [`ledger`] — prices and costs in integer micros.
+//! - [`ledger`] — money: holds, settlement, credits, codes, the invariant, crash sweep.
+//! - [`admin`] — the admin API (credits, user money, recharge codes, invariant check).
 //! - [`tokens`] — token counting with a real BPE tokenizer.
 //! - [`db`] — connection, migrations, generated-once settings.
 //! - [`sweep`] — periodic housekeeping (answers abandoned by a dead process).
@@ -25,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod chat;

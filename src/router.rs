@@ -11,6 +11,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
+use crate::admin;
 use crate::app::App;
 use crate::auth::handlers as auth;
 use crate::chat::handlers as chat;
@@ -55,7 +56,9 @@ async fn route(
         )),
         (&Method::POST, ["api", "auth", "register"]) => auth::register(app, req).await,
         (&Method::POST, ["api", "auth", "login"]) => auth::login(app, req).await,
+        (&Method::POST, ["api", "auth", "guest"]) => auth::guest(app, req).await,
         (&Method::GET, ["api", "me"]) => auth::me(app, req).await,
+        (&Method::POST, ["api", "redeem"]) => auth::redeem(app, req).await,
         (&Method::POST, ["api", "chat"]) => Ok(chat::chat(app, req).await),
         (&Method::GET, ["api", "messages", id]) => chat::get_message(app, req, id).await,
         (&Method::GET, ["api", "messages", id, "stream"]) => {
@@ -67,6 +70,10 @@ async fn route(
         (&Method::DELETE, ["api", "conversations", id]) => {
             chat::delete_conversation(app, req, id).await
         }
+        (&Method::POST, ["admin", "users", id, "credit"]) => admin::credit(app, req, id).await,
+        (&Method::GET, ["admin", "users", id]) => admin::user(app, req, id).await,
+        (&Method::POST, ["admin", "redeem-codes"]) => admin::mint_codes(app, req).await,
+        (&Method::GET, ["admin", "check"]) => admin::check(app, req).await,
         (&Method::GET | &Method::HEAD, _) => {
             crate::web::serve(path).ok_or(AppError::NotFound("接口不存在"))
         }

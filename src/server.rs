@@ -16,6 +16,10 @@ use tokio::sync::Semaphore;
 
 use crate::app::App;
 
+/// The TCP peer of a request, put in its extensions by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// Serves `listener` until `shutdown` completes, then shuts down gracefully.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let limits = &app.config.limits;
@@ -48,7 +52,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         };
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ClientAddr(peer));
             let app = Arc::clone(&app);
             async move { Ok::<_, std::convert::Infallible>(crate::router::handle(app, req).await) }
         });

@@ -1,5 +1,6 @@
-//! Periodic housekeeping: answers left `streaming` by a process that died are closed
-//! (at start-up and then every minute), whichever replica produced them.
+//! Periodic housekeeping, at start-up and then every `sweep_interval_secs`: holds and
+//! answers abandoned by a process that died are settled or closed, whichever replica
+//! produced them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,11 +9,16 @@ use crate::app::App;
 use crate::chat::store;
 
 pub async fn run(app: Arc<App>) {
-    let mut every = tokio::time::interval(Duration::from_secs(60));
+    let mut every = tokio::time::interval(Duration::from_secs_f64(app.config.sweep_interval_secs));
     loop {
         every.tick().await;
-        let max_answer_ms = (app.config.limits.max_answer_secs as i64 + 120) * 1000;
-        match store::close_abandoned(&app.db, crate::clock::unix_millis() - max_answer_ms).await {
+        match crate::ledger::sweep::run_once(&app).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(holds = n, "settled holds abandoned by a stopped process"),
+            Err(e) => tracing::warn!(error = %e.msg(), "hold sweep failed"),
+        }
+        let abandoned_ms = crate::ledger::sweep::abandon_after(&app).as_millis() as i64;
+        match store::close_abandoned(&app.db, crate::clock::unix_millis() - abandoned_ms).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(answers = n, "closed answers abandoned by a stopped process"),
             Err(e) => tracing::warn!(error = %e.msg(), "sweep failed"),

@@ -5,7 +5,12 @@
 //! Money is always an integer number of micros (`i64`).
 
 pub mod conversation;
+pub mod daily_usage;
+pub mod hold;
+pub mod ledger_entry;
 pub mod message;
 pub mod prelude;
+pub mod redeem_code;
 pub mod setting;
+pub mod usage_record;
 pub mod user;

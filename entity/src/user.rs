@@ -15,6 +15,12 @@ pub struct Model {
     /// Spendable balance in micros. Never negative.
     pub balance_micros: i64,
     pub created_at: i64,
+    /// A trial account: the free daily quota only.
+    pub is_guest: bool,
+    /// The device a guest account belongs to.
+    pub device_id: Option<String>,
+    /// The client address that created the account (limits guest creation per IP).
+    pub created_ip: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

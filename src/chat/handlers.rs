@@ -8,6 +8,7 @@ use futures_util::stream;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use sea_orm::TransactionTrait;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -18,7 +19,9 @@ use super::history::build_prompt;
 use super::store::{self, NewTurn};
 use super::task::{self, AnswerJob};
 use crate::app::App;
+use crate::auth::users;
 use crate::error::{AppError, Refusal};
+use crate::ledger::holds;
 use crate::response::{self, Body};
 use crate::upstream::UpstreamRequest;
 use crate::upstream::chunk::Usage;
@@ -88,9 +91,31 @@ async fn start_chat(
     )
     .ok_or_else(|| too_long(max_chars))?;
 
+    // The hold (or free message) and the turn's rows commit together: a refusal
+    // stores nothing, and no answer exists without its hold.
+    // (The transaction's first statement must write: a SQLite transaction that reads
+    // first fails at once, without waiting, when another writer got in between.)
     let answer_id = store::new_id();
+    let user = users::by_id(&app.db, user_id)
+        .await?
+        .ok_or(AppError::Unauthorized("账号不存在，请重新登录"))?;
+    let txn = app.db.begin().await?;
+    let day = app.config.today();
+    let grant = holds::take(
+        &txn,
+        holds::Request {
+            user: &user,
+            message_id: &answer_id,
+            price: &price,
+            prompt_tokens,
+            max_tokens: price.max_output_tokens,
+            free_per_day: app.config.free_messages_per_day,
+            day: &day,
+        },
+    )
+    .await?;
     store::insert_turn(
-        &app.db,
+        &txn,
         NewTurn {
             user_id,
             conversation_id: &conversation_id,
@@ -102,6 +127,7 @@ async fn start_chat(
         },
     )
     .await?;
+    txn.commit().await?;
 
     let answer = Answer::new(answer_id, conversation_id, user_id);
     task::spawn(
@@ -109,12 +135,13 @@ async fn start_chat(
         AnswerJob {
             answer: Arc::clone(&answer),
             request: UpstreamRequest {
-                model,
+                model: model.clone(),
                 messages,
-                max_tokens: price.max_output_tokens,
+                max_tokens: grant.max_tokens,
                 temperature: price.temperature,
             },
-            prompt_tokens,
+            model,
+            hold: grant.hold,
             price,
         },
     );

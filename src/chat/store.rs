@@ -78,10 +78,10 @@ pub struct NewTurn<'a> {
     pub model: &'a str,
 }
 
-/// Writes the question and the (empty, streaming) answer row in one transaction.
-pub async fn insert_turn(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<(), AppError> {
+/// Writes the question and the (empty, streaming) answer row, inside the caller's
+/// transaction (the one that takes the answer's hold).
+pub async fn insert_turn<C: ConnectionTrait>(txn: &C, turn: NewTurn<'_>) -> Result<(), AppError> {
     let now = crate::clock::unix_millis();
-    let txn = db.begin().await?;
     match turn.new_conversation_title {
         Some(title) => {
             conversation::ActiveModel {
@@ -91,14 +91,14 @@ pub async fn insert_turn(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<(
                 created_at: Set(now),
                 updated_at: Set(now),
             }
-            .insert(&txn)
+            .insert(txn)
             .await?;
         }
         None => {
             conversation::Entity::update_many()
                 .col_expr(conversation::Column::UpdatedAt, Expr::value(now))
                 .filter(conversation::Column::Id.eq(turn.conversation_id))
-                .exec(&txn)
+                .exec(txn)
                 .await?;
         }
     }
@@ -130,9 +130,8 @@ pub async fn insert_turn(db: &DatabaseConnection, turn: NewTurn<'_>) -> Result<(
             STREAMING,
         ),
     ])
-    .exec(&txn)
+    .exec(txn)
     .await?;
-    txn.commit().await?;
     Ok(())
 }
 
@@ -153,6 +152,7 @@ pub async fn flush_content(
 }
 
 /// The final state of an answer.
+#[derive(Debug, Clone, Copy)]
 pub struct Finished<'a> {
     pub status: &'a str,
     pub content: &'a str,

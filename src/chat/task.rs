@@ -15,6 +15,7 @@ use super::store::{self, Finished};
 use crate::app::App;
 use crate::config::ModelConfig;
 use crate::error::AppError;
+use crate::ledger::holds::{self, Hold, Settlement};
 use crate::ledger::pricing;
 use crate::upstream::UpstreamRequest;
 use crate::upstream::chunk::{self, Chunk, Usage};
@@ -23,8 +24,9 @@ use crate::upstream::chunk::{self, Chunk, Usage};
 pub struct AnswerJob {
     pub answer: Arc<Answer>,
     pub request: UpstreamRequest,
-    /// The prompt's size by our own count, used when the upstream reports no usage.
-    pub prompt_tokens: u64,
+    pub model: String,
+    /// What the answer may spend; settled exactly once at the end.
+    pub hold: Hold,
     pub price: ModelConfig,
 }
 
@@ -64,7 +66,7 @@ async fn run(app: Arc<App>, job: AnswerJob) {
         }
         outcome = drive(&app, &job, &mut progress) => outcome,
     };
-    finish(&app, &job, outcome, &progress).await;
+    finish(&app, &job, outcome, &progress, started).await;
     tracing::info!(
         message_id = %answer.message_id,
         channel = %progress.channel,
@@ -136,7 +138,13 @@ async fn drive(app: &App, job: &AnswerJob, progress: &mut Progress) -> Outcome {
     }
 }
 
-async fn finish(app: &App, job: &AnswerJob, outcome: Outcome, progress: &Progress) {
+async fn finish(
+    app: &App,
+    job: &AnswerJob,
+    outcome: Outcome,
+    progress: &Progress,
+    started: Instant,
+) {
     let answer = &job.answer;
     let content = answer.content();
     let (status, failure) = match outcome {
@@ -146,52 +154,66 @@ async fn finish(app: &App, job: &AnswerJob, outcome: Outcome, progress: &Progres
     };
     // Cost from the upstream's usage numbers, else from our own count of what was
     // received. A failed answer costs nothing.
+    let prompt_tokens = job.hold.prompt_tokens;
     let usage = progress.usage.unwrap_or_else(|| {
         let completion_tokens = crate::tokens::count(&content);
         Usage {
-            prompt_tokens: job.prompt_tokens,
+            prompt_tokens,
             completion_tokens,
-            total_tokens: job.prompt_tokens + completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
         }
     });
-    let cost_micros = if failure.is_some() {
+    let failed = failure.is_some();
+    let cost_micros = if failed {
         0
     } else {
         pricing::cost(&job.price, &usage)
     };
-    let finished = Finished {
-        status,
-        content: &content,
-        prompt_tokens: usage.prompt_tokens,
-        completion_tokens: usage.completion_tokens,
+    let settlement = Settlement {
+        hold: &job.hold,
+        message_id: &answer.message_id,
+        model: &job.model,
+        channel: &progress.channel,
+        usage,
         cost_micros,
-        error_code: failure.as_ref().map(|(e, _)| e.code()),
+        failed,
+        first_token_ms: progress
+            .first_content
+            .map(|t| (t - started).as_millis() as i64),
+        total_ms: started.elapsed().as_millis() as i64,
+        answer: Finished {
+            status,
+            content: &content,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cost_micros,
+            error_code: failure.as_ref().map(|(e, _)| e.code()),
+        },
     };
     let mut attempt = 0;
-    while let Err(e) = store::finish_answer(&app.db, &answer.message_id, &finished).await {
-        attempt += 1;
-        tracing::error!(error = %e.msg(), attempt, message_id = %answer.message_id, "storing an answer failed");
-        if attempt >= 5 {
-            break;
+    let settled = loop {
+        match holds::settle(&app.db, &settlement).await {
+            Ok(settled) => break Some(settled),
+            Err(e) => {
+                attempt += 1;
+                tracing::error!(error = %e.msg(), attempt, message_id = %answer.message_id, "settling an answer failed");
+                if attempt >= 5 {
+                    // The hold stays open: the sweep settles it from the stored answer.
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-    }
+    };
     let ending = match failure {
         Some((error, before_open)) => Ending::Failed { error, before_open },
-        None => {
-            let balance_micros = crate::auth::users::by_id(&app.db, answer.user_id)
-                .await
-                .ok()
-                .flatten()
-                .map_or(0, |u| u.balance_micros);
-            Ending::Done(Arc::new(Done {
-                message_id: answer.message_id.clone(),
-                conversation_id: answer.conversation_id.clone(),
-                usage,
-                cost_micros,
-                balance_micros,
-            }))
-        }
+        None => Ending::Done(Arc::new(Done {
+            message_id: answer.message_id.clone(),
+            conversation_id: answer.conversation_id.clone(),
+            usage,
+            cost_micros: settled.map_or(cost_micros, |s| s.charged_micros),
+            balance_micros: settled.map_or(0, |s| s.balance_micros),
+        })),
     };
     answer.end(ending);
 }

@@ -33,15 +33,59 @@ pub fn test_config(dir: &tempfile::TempDir) -> Config {
         answer_flush_secs: 0.05,
         demo_chunk_delay_ms: 1,
         shutdown_grace_secs: 10,
+        free_messages_per_day: 0,
         ..Config::default()
     }
+}
+
+/// The databases the money suite runs on: SQLite always; PostgreSQL and MySQL when
+/// `CHATGATE_TEST_POSTGRES_URL` / `CHATGATE_TEST_MYSQL_URL` are set (each call creates
+/// a fresh database there, so tests never share state).
+pub async fn databases() -> Vec<(&'static str, Option<String>)> {
+    let mut out = vec![("sqlite", None)];
+    for (name, var) in [
+        ("postgres", "CHATGATE_TEST_POSTGRES_URL"),
+        ("mysql", "CHATGATE_TEST_MYSQL_URL"),
+    ] {
+        match std::env::var(var).ok().filter(|v| !v.is_empty()) {
+            Some(url) => out.push((name, Some(fresh_database(&url).await))),
+            None => eprintln!("{name}: skipped ({var} is not set)"),
+        }
+    }
+    out
+}
+
+/// Creates an empty database on the server of `admin_url`; returns its URL.
+pub async fn fresh_database(admin_url: &str) -> String {
+    use sea_orm::ConnectionTrait;
+    let name = format!("cg_{}", uuid::Uuid::new_v4().simple());
+    let db = sea_orm::Database::connect(admin_url)
+        .await
+        .expect("database server reachable");
+    db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
 }
 
 impl Gateway {
     /// Starts a gateway with the test config changed by `change`.
     pub async fn start(change: impl FnOnce(&mut Config)) -> Gateway {
+        Self::start_on(None, change).await
+    }
+
+    /// Starts a gateway on `database_url` (a fresh SQLite file when `None`).
+    pub async fn start_on(
+        database_url: Option<String>,
+        change: impl FnOnce(&mut Config),
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(&dir);
+        if let Some(url) = database_url {
+            config.database_url = url;
+        }
         change(&mut config);
         let app = App::new(config).await.expect("gateway starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -73,7 +117,13 @@ impl Gateway {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// A new user with 100 units of balance; returns the login token.
     pub async fn register(&self, username: &str) -> String {
+        self.register_with(username, 100_000_000).await.0
+    }
+
+    /// A new user credited `micros` by the admin; returns the token and the user id.
+    pub async fn register_with(&self, username: &str, micros: i64) -> (String, i64) {
         let (status, body) = self
             .json(
                 "POST",
@@ -83,7 +133,37 @@ impl Gateway {
             )
             .await;
         assert_eq!(status, 201, "{body}");
-        body["token"].as_str().unwrap().to_string()
+        let id = body["user_id"].as_i64().unwrap();
+        if micros != 0 {
+            self.credit(id, micros).await;
+        }
+        (body["token"].as_str().unwrap().to_string(), id)
+    }
+
+    /// Credits (or debits) a user through the admin API.
+    pub async fn credit(&self, user_id: i64, micros: i64) -> Value {
+        let (status, body) = self
+            .admin(
+                "POST",
+                &format!("/admin/users/{user_id}/credit"),
+                &json!({"amount_micros": micros, "note": "test"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// An admin API call.
+    pub async fn admin(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let token = self.app.admin_token.clone();
+        self.json(method, path, Some(&token), body).await
+    }
+
+    /// The ledger invariant, checked through `GET /admin/check`.
+    pub async fn assert_ledger_ok(&self) {
+        let (status, report) = self.admin("GET", "/admin/check", &Value::Null).await;
+        assert_eq!(status, 200);
+        assert_eq!(report["ok"], true, "ledger invariant violated: {report}");
     }
 
     /// A JSON request; returns the status and the parsed body (Null when not JSON).

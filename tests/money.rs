@@ -1,0 +1,542 @@
+//! Money that is never wrong, on every supported database: concurrent overdraft
+//! attempts, drops and upstream faults, free quota then money, recharge codes redeemed
+//! concurrently, idempotent admin credits, and the ledger invariant after all of it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use chatgate::config::{Channel, Config, ModelConfig};
+use chatgate::mock_upstream::{Fault, MockConfig, MockUpstream};
+use common::{Gateway, RawClient, databases, parse_mp, parse_sse};
+use serde_json::{Value, json};
+
+const MODEL: &str = "gpt-4o-mini";
+
+/// One micro per output token, prompts free, at most 100 output tokens: the worst case
+/// of one answer is exactly 100 micros.
+fn priced(config: &mut Config, mock: &MockUpstream) {
+    config.channels = vec![Channel {
+        name: "mock".into(),
+        base_url: mock.base_url(),
+        api_keys: vec![],
+        models: vec![MODEL.into()],
+        priority: 0,
+        weight: 1,
+        include_usage: true,
+    }];
+    config.models.insert(
+        MODEL.into(),
+        ModelConfig {
+            input_micros_per_million: 0,
+            output_micros_per_million: 1_000_000,
+            max_output_tokens: 100,
+            ..ModelConfig::default()
+        },
+    );
+}
+
+/// An answer of exactly 100 pieces, so the mock reports 100 completion tokens.
+fn hundred_pieces() -> MockConfig {
+    MockConfig {
+        answer: Some("答".repeat(100)),
+        chunks: 100,
+        ..MockConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_for_one_answer_serves_exactly_one_of_200_concurrent_chats() {
+    for (db, url) in databases().await {
+        let mock = MockUpstream::start(hundred_pieces()).await.unwrap();
+        let gw = Gateway::start_on(url, |c| priced(c, &mock)).await;
+        let (token, user_id) = gw.register_with("rich-for-one", 100).await;
+        let body = json!({"message": "hi"}).to_string();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let (addr, token, body) = (gw.addr, token.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                let path = if i % 2 == 0 {
+                    "/api/chat"
+                } else {
+                    "/api/chat?client=mp"
+                };
+                RawClient::send(addr, "POST", path, Some(&token), &[], body.as_bytes())
+                    .await
+                    .read_all()
+                    .await
+            }));
+        }
+        let (mut served, mut refused) = (0, 0);
+        for (i, task) in tasks.into_iter().enumerate() {
+            let resp = task.await.unwrap();
+            let code = if i % 2 == 0 {
+                if resp.status == 200 {
+                    assert!(parse_sse(&resp.body()).done.is_some());
+                    None
+                } else {
+                    assert_eq!(resp.status, 402, "{db}");
+                    Some(serde_json::from_slice::<Value>(&resp.body()).unwrap()["code"].clone())
+                }
+            } else {
+                let parsed = parse_mp(&resp.chunks);
+                parsed.error.map(|e| e["code"].clone())
+            };
+            match code {
+                None => served += 1,
+                Some(code) => {
+                    assert_eq!(code, 101, "{db}");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!((served, refused), (1, 199), "{db}");
+        let (_, user) = gw
+            .admin("GET", &format!("/admin/users/{user_id}"), &Value::Null)
+            .await;
+        assert_eq!(user["balance_micros"], 0, "{db}: {user}");
+        assert_eq!(user["held_micros"], 0, "{db}");
+        assert_eq!(user["ledger_sum_micros"], 0, "{db}");
+        gw.assert_ledger_ok().await;
+        assert_eq!(
+            gw.message_count().await,
+            2,
+            "{db}: refused chats store nothing"
+        );
+    }
+}
+
+/// One client's chat: its message id, the cost its done frame reported (if it read to
+/// the end), and whether it hung up early.
+async fn one_chat(addr: std::net::SocketAddr, token: String, mp: bool, drop_early: bool) -> String {
+    let body = json!({"message": "count my money"}).to_string();
+    let path = if mp {
+        "/api/chat?client=mp"
+    } else {
+        "/api/chat"
+    };
+    let mut client = RawClient::send(addr, "POST", path, Some(&token), &[], body.as_bytes()).await;
+    let id = client.header("x-message-id").unwrap_or_default();
+    if drop_early {
+        let _ = client.next_chunk().await;
+        return id;
+    }
+    let resp = client.read_all().await;
+    if resp.status == 200 && mp {
+        let _ = parse_mp(&resp.chunks);
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balances_equal_credits_minus_costs_after_drops_and_faults() {
+    for (db, url) in databases().await {
+        let mock = MockUpstream::start(MockConfig {
+            chunks: 12,
+            chunk_delay: Duration::from_millis(2),
+            ..MockConfig::default()
+        })
+        .await
+        .unwrap();
+        let gw = Gateway::start_on(url, |c| {
+            priced(c, &mock);
+            let m = c.models.get_mut(MODEL).unwrap();
+            m.input_micros_per_million = 333_333;
+            m.output_micros_per_million = 777_777;
+            m.request_micros = 3;
+        })
+        .await;
+        let mut users = Vec::new();
+        for u in 0..6 {
+            users.push(
+                gw.register_with(&format!("spender-{u}"), 50_000 + u * 7)
+                    .await,
+            );
+        }
+        let faults = [
+            Fault::None,
+            Fault::InBandErrorAfter(2),
+            Fault::DropAfter(3),
+            Fault::None,
+        ];
+        let mut ids: Vec<(i64, String)> = Vec::new();
+        for (phase, fault) in faults.iter().enumerate() {
+            mock.set_config(MockConfig {
+                chunks: 12,
+                chunk_delay: Duration::from_millis(2),
+                fault: fault.clone(),
+                ..MockConfig::default()
+            });
+            let mut tasks = Vec::new();
+            for (n, (token, user_id)) in users.iter().enumerate() {
+                for k in 0..4 {
+                    let mp = (n + k) % 2 == 0;
+                    let drop_early = (n + k + phase) % 3 == 0;
+                    let (addr, token, user_id) = (gw.addr, token.clone(), *user_id);
+                    tasks.push(tokio::spawn(async move {
+                        (user_id, one_chat(addr, token, mp, drop_early).await)
+                    }));
+                }
+            }
+            for t in tasks {
+                ids.push(t.await.unwrap());
+            }
+        }
+        // Every answer ends (dropped ones too), then every hold is settled.
+        for (user_id, id) in &ids {
+            if id.is_empty() {
+                continue;
+            }
+            let token = &users.iter().find(|(_, u)| u == user_id).unwrap().0;
+            gw.wait_answer(token, id).await;
+        }
+        gw.assert_ledger_ok().await;
+        for (n, (token, user_id)) in users.iter().enumerate() {
+            let (_, admin_view) = gw
+                .admin("GET", &format!("/admin/users/{user_id}"), &Value::Null)
+                .await;
+            assert_eq!(admin_view["held_micros"], 0, "{db}: all holds settled");
+            let mut charged = 0;
+            for (owner, id) in ids
+                .iter()
+                .filter(|(owner, id)| owner == user_id && !id.is_empty())
+            {
+                let _ = owner;
+                let (_, m) = gw
+                    .json(
+                        "GET",
+                        &format!("/api/messages/{id}"),
+                        Some(token),
+                        &Value::Null,
+                    )
+                    .await;
+                if m["status"] == "failed" {
+                    assert_eq!(m["cost_micros"], 0, "{db}: a failed answer is never billed");
+                }
+                charged += m["cost_micros"].as_i64().unwrap();
+            }
+            let credits = 50_000 + n as i64 * 7;
+            assert!(charged > 0, "{db}");
+            assert_eq!(
+                admin_view["balance_micros"].as_i64().unwrap(),
+                credits - charged,
+                "{db}: user {user_id}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recharge_code_redeemed_50_times_at_once_credits_once() {
+    for (db, url) in databases().await {
+        let gw = Gateway::start_on(url, |_| {}).await;
+        let (token, user_id) = gw.register_with("redeemer", 0).await;
+        let (status, minted) = gw
+            .admin(
+                "POST",
+                "/admin/redeem-codes",
+                &json!({"count": 3, "amount_micros": 5_000_000}),
+            )
+            .await;
+        assert_eq!(status, 200, "{minted}");
+        let code = minted["codes"][0].as_str().unwrap().to_string();
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (addr, token, code) = (gw.addr, token.clone(), code.clone());
+            tasks.push(tokio::spawn(async move {
+                let body = json!({"code": code}).to_string();
+                RawClient::send(
+                    addr,
+                    "POST",
+                    "/api/redeem",
+                    Some(&token),
+                    &[],
+                    body.as_bytes(),
+                )
+                .await
+                .read_all()
+                .await
+                .status
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap() == 200 {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 1, "{db}");
+        let (_, me) = gw.json("GET", "/api/me", Some(&token), &Value::Null).await;
+        assert_eq!(me["balance_micros"], 5_000_000, "{db}");
+        // Another user cannot reuse it; an unknown code is 404.
+        let (other, _) = gw.register_with("latecomer", 0).await;
+        let (status, body) = gw
+            .json("POST", "/api/redeem", Some(&other), &json!({"code": code}))
+            .await;
+        assert_eq!((status, body["code"].as_i64()), (400, Some(10001)), "{db}");
+        let (status, _) = gw
+            .json(
+                "POST",
+                "/api/redeem",
+                Some(&other),
+                &json!({"code": "NOPE-NOPE"}),
+            )
+            .await;
+        assert_eq!(status, 404, "{db}");
+        let (_, user) = gw
+            .admin("GET", &format!("/admin/users/{user_id}"), &Value::Null)
+            .await;
+        assert_eq!(user["ledger"].as_array().unwrap().len(), 1, "{db}");
+        gw.assert_ledger_ok().await;
+    }
+}
+
+#[tokio::test]
+async fn admin_credits_are_idempotent_and_never_overdraw() {
+    for (db, url) in databases().await {
+        let gw = Gateway::start_on(url, |_| {}).await;
+        let (_, user_id) = gw.register_with("credited", 0).await;
+        let path = format!("/admin/users/{user_id}/credit");
+        let once = json!({"amount_micros": 700, "note": "gift", "idempotency_key": "gift-1"});
+        for _ in 0..3 {
+            let (status, body) = gw.admin("POST", &path, &once).await;
+            assert_eq!(
+                (status, body["balance_micros"].as_i64()),
+                (200, Some(700)),
+                "{db}"
+            );
+        }
+        let (status, body) = gw
+            .admin(
+                "POST",
+                &path,
+                &json!({"amount_micros": -701, "note": "too much"}),
+            )
+            .await;
+        assert_eq!((status, body["code"].as_i64()), (400, Some(10001)), "{db}");
+        let (status, body) = gw
+            .admin(
+                "POST",
+                &path,
+                &json!({"amount_micros": -700, "note": "all"}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["balance_micros"].as_i64()),
+            (200, Some(0)),
+            "{db}"
+        );
+        let (status, _) = gw
+            .json(
+                "POST",
+                &path,
+                Some("not-the-admin"),
+                &json!({"amount_micros": 1}),
+            )
+            .await;
+        assert_eq!(status, 401, "{db}");
+        gw.assert_ledger_ok().await;
+    }
+}
+
+#[tokio::test]
+async fn free_quota_first_then_codes_then_money_and_guests_get_the_quota_only() {
+    for (db, url) in databases().await {
+        let mock = MockUpstream::start(hundred_pieces()).await.unwrap();
+        let gw = Gateway::start_on(url, |c| {
+            priced(c, &mock);
+            c.free_messages_per_day = 2;
+        })
+        .await;
+        let (token, _) = gw.register_with("freebie", 0).await;
+        for left in [1, 0] {
+            let resp = gw.chat(&token, &json!({"message": "free?"}), true).await;
+            let done = parse_mp(&resp.chunks).done.expect("served free");
+            assert_eq!(done["cost_micros"], 0, "{db}");
+            let (_, me) = gw.json("GET", "/api/me", Some(&token), &Value::Null).await;
+            assert_eq!(me["free_messages_left_today"], left, "{db}");
+        }
+        let refused = gw.chat(&token, &json!({"message": "more"}), false).await;
+        assert_eq!(refused.status, 429, "{db}");
+        let body: Value = serde_json::from_slice(&refused.body()).unwrap();
+        assert_eq!(
+            (body["code"].as_i64(), body["reason"].as_str()),
+            (Some(102), Some("quota_exhausted"))
+        );
+
+        let (_, minted) = gw
+            .admin(
+                "POST",
+                "/admin/redeem-codes",
+                &json!({"count": 1, "amount_micros": 250}),
+            )
+            .await;
+        let (status, _) = gw
+            .json(
+                "POST",
+                "/api/redeem",
+                Some(&token),
+                &json!({"code": minted["codes"][0]}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let resp = gw.chat(&token, &json!({"message": "paid"}), false).await;
+        let done = parse_sse(&resp.body()).done.expect("served on money");
+        assert_eq!(done["cost_micros"], 100, "{db}");
+        assert_eq!(done["balance_micros"], 150, "{db}");
+        // 150 left pays another full answer; the 50 left then pay only a shorter one.
+        let resp = gw.chat(&token, &json!({"message": "again"}), false).await;
+        assert_eq!(
+            parse_sse(&resp.body()).done.unwrap()["balance_micros"],
+            50,
+            "{db}"
+        );
+        let resp = gw
+            .chat(&token, &json!({"message": "once more"}), false)
+            .await;
+        let sent = mock.last_request().unwrap().body;
+        assert_eq!(resp.status, 200, "{db}");
+        assert_eq!(
+            sent["max_tokens"], 50,
+            "{db}: the output budget was lowered to what 50 micros pay"
+        );
+        let (_, me) = gw.json("GET", "/api/me", Some(&token), &Value::Null).await;
+        assert_eq!(me["balance_micros"], 0, "{db}");
+        let resp = gw.chat(&token, &json!({"message": "broke"}), false).await;
+        assert_eq!(resp.status, 429, "{db}: quota used and no money left");
+
+        // Guests: the same device gets the same account; quota only; no recharge.
+        let (status, g1) = gw
+            .json(
+                "POST",
+                "/api/auth/guest",
+                None,
+                &json!({"device_id": "device-0001"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{g1}");
+        let (_, g2) = gw
+            .json(
+                "POST",
+                "/api/auth/guest",
+                None,
+                &json!({"device_id": "device-0001"}),
+            )
+            .await;
+        assert_eq!(g1["user_id"], g2["user_id"]);
+        let guest = g1["token"].as_str().unwrap();
+        for _ in 0..2 {
+            let resp = gw.chat(guest, &json!({"message": "trial"}), true).await;
+            assert!(parse_mp(&resp.chunks).done.is_some(), "{db}");
+        }
+        let resp = gw.chat(guest, &json!({"message": "trial"}), true).await;
+        assert_eq!(
+            parse_mp(&resp.chunks).error.unwrap()["reason"],
+            "quota_exhausted"
+        );
+        let (_, minted) = gw
+            .admin(
+                "POST",
+                "/admin/redeem-codes",
+                &json!({"count": 1, "amount_micros": 250}),
+            )
+            .await;
+        let (status, _) = gw
+            .json(
+                "POST",
+                "/api/redeem",
+                Some(guest),
+                &json!({"code": minted["codes"][0]}),
+            )
+            .await;
+        assert_eq!(status, 400, "{db}: guests cannot recharge");
+        // Guest creation is limited per address.
+        for n in 2..=3 {
+            let (status, _) = gw
+                .json(
+                    "POST",
+                    "/api/auth/guest",
+                    None,
+                    &json!({"device_id": format!("device-000{n}")}),
+                )
+                .await;
+            assert_eq!(status, 200);
+        }
+        let (status, body) = gw
+            .json(
+                "POST",
+                "/api/auth/guest",
+                None,
+                &json!({"device_id": "device-0009"}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (429, Some("rate_limited")),
+            "{db}"
+        );
+        gw.assert_ledger_ok().await;
+    }
+}
+
+#[tokio::test]
+async fn stop_bills_what_was_produced_and_failures_bill_nothing() {
+    for (db, url) in databases().await {
+        let mock = MockUpstream::start(MockConfig {
+            answer: Some("慢".repeat(100)),
+            chunks: 100,
+            chunk_delay: Duration::from_millis(20),
+            ..MockConfig::default()
+        })
+        .await
+        .unwrap();
+        let gw = Gateway::start_on(url, |c| priced(c, &mock)).await;
+        let (token, _) = gw.register_with("stopper", 1_000).await;
+        let body = json!({"message": "go"}).to_string();
+        let mut client = RawClient::send(
+            gw.addr,
+            "POST",
+            "/api/chat?client=mp",
+            Some(&token),
+            &[],
+            body.as_bytes(),
+        )
+        .await;
+        let id = client.header("x-message-id").unwrap();
+        client.next_chunk().await.unwrap();
+        let (_, stopped) = gw
+            .json(
+                "POST",
+                &format!("/api/messages/{id}/stop"),
+                Some(&token),
+                &Value::Null,
+            )
+            .await;
+        assert_eq!(stopped["status"], "stopped", "{db}");
+        let chars = stopped["content"].as_str().unwrap().chars().count() as i64;
+        let cost = stopped["cost_micros"].as_i64().unwrap();
+        // Billed by our own count of what was produced: between 1 and 100 tokens.
+        assert!(
+            cost >= 1 && cost <= chars.max(1) * 3 && cost < 100,
+            "{db}: cost {cost} for {chars} chars"
+        );
+        let (_, me) = gw.json("GET", "/api/me", Some(&token), &Value::Null).await;
+        assert_eq!(me["balance_micros"], 1_000 - cost, "{db}");
+
+        mock.set_config(MockConfig {
+            fault: Fault::InBandErrorAfter(5),
+            ..hundred_pieces()
+        });
+        let resp = gw.chat(&token, &json!({"message": "fail"}), false).await;
+        assert!(parse_sse(&resp.body()).error.is_some());
+        let (_, me) = gw.json("GET", "/api/me", Some(&token), &Value::Null).await;
+        assert_eq!(
+            me["balance_micros"],
+            1_000 - cost,
+            "{db}: the failed answer cost nothing"
+        );
+        gw.assert_ledger_ok().await;
+    }
+}
