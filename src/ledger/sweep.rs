@@ -16,12 +16,14 @@ use crate::chat::store::{self, Finished};
 use crate::error::AppError;
 use crate::upstream::chunk::Usage;
 
-/// The age after which an open hold is abandoned.
+/// The age after which an open hold is abandoned: its TTL, but never before the
+/// longest an answer may take plus a margin to settle it (a live answer is not swept).
 pub fn abandon_after(app: &App) -> Duration {
+    let max_answer = app.config.limits.max_answer_secs;
     Duration::from_secs(
         app.config
             .hold_ttl_secs
-            .max(app.config.limits.max_answer_secs + 30),
+            .max(max_answer + max_answer.min(30)),
     )
 }
 
