@@ -396,10 +396,19 @@ impl Config {
                 )));
             }
         }
-        if !(self.heartbeat_secs > 0.0 && self.answer_flush_secs > 0.0) {
+        if !(self.heartbeat_secs > 0.0
+            && self.answer_flush_secs > 0.0
+            && self.sweep_interval_secs > 0.0)
+        {
             return Err(invalid(
-                "heartbeat_secs and answer_flush_secs must be above 0",
+                "heartbeat_secs, answer_flush_secs and sweep_interval_secs must be above 0",
             ));
+        }
+        if crate::ledger::day::parse_offset(&self.timezone).is_none() {
+            return Err(invalid(format!(
+                "timezone must be a UTC offset such as \"+08:00\" (got {:?})",
+                self.timezone
+            )));
         }
         for (what, secs) in [
             (

@@ -49,7 +49,11 @@ pub async fn databases() -> Vec<(&'static str, Option<String>)> {
     ] {
         match std::env::var(var).ok().filter(|v| !v.is_empty()) {
             Some(url) => out.push((name, Some(fresh_database(&url).await))),
-            None => eprintln!("{name}: skipped ({var} is not set)"),
+            // Straight to stderr, past the test harness's capture, so the skip is seen.
+            None => {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "{name}: skipped ({var} is not set)");
+            }
         }
     }
     out
