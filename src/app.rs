@@ -20,6 +20,8 @@ pub struct App {
     /// Whether the admin token was generated (and stored) rather than configured.
     pub admin_token_generated: bool,
     pub upstream: Upstream,
+    /// For calls to WeChat's APIs.
+    pub http: reqwest::Client,
     /// Answers streaming in this process.
     pub answers: AnswerRegistry,
     /// Every answer task, so shutdown can wait for them.
@@ -75,6 +77,10 @@ impl App {
             admin_token,
             admin_token_generated,
             upstream,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| StartError::Other(e.to_string()))?,
             answers: AnswerRegistry::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),

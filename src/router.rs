@@ -57,6 +57,7 @@ async fn route(
         (&Method::POST, ["api", "auth", "register"]) => auth::register(app, req).await,
         (&Method::POST, ["api", "auth", "login"]) => auth::login(app, req).await,
         (&Method::POST, ["api", "auth", "guest"]) => auth::guest(app, req).await,
+        (&Method::POST, ["api", "auth", "wechat"]) => crate::auth::wechat::login(app, req).await,
         (&Method::GET, ["api", "me"]) => auth::me(app, req).await,
         (&Method::POST, ["api", "redeem"]) => auth::redeem(app, req).await,
         (&Method::POST, ["api", "chat"]) => Ok(chat::chat(app, req).await),

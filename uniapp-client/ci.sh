@@ -32,7 +32,7 @@ step() { # name, command...
 }
 summarise() { # name, log-file, grep pattern
   local lines
-  lines="$(grep -aE "$3" "$2" | sed -E 's/\x1b\[[0-9;]*m//g; s/^[[:space:]]+//' | tr '\n' ' ')"
+  lines="$(sed -E 's/\x1b\[[0-9;]*m//g' "$2" | grep -aE "$3" | sed -E 's/^[[:space:]]+//' | tr '\n' ' ')"
   SUMMARY+=("$1: ${lines:-no summary line}")
 }
 finish() {

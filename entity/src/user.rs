@@ -21,6 +21,10 @@ pub struct Model {
     pub device_id: Option<String>,
     /// The client address that created the account (limits guest creation per IP).
     pub created_ip: Option<String>,
+    /// The user's openid in the mini-program (WeChat login).
+    pub mp_openid: Option<String>,
+    /// WeChat's unionid: the same person across the mini-program and the Official Account.
+    pub unionid: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
