@@ -16,6 +16,7 @@
 //!   `chat::frame_mp` and `chat::frame_sse` are the two framings (pure).
 //! - [`upstream`] — channels with failover, the incremental SSE parser (pure), the
 //!   OpenAI chunk reader, and the built-in demo model.
+//! - [`openai_api`] — the OpenAI-compatible `/v1` API for API-key clients.
 //! - [`ledger`] — money: holds, settlement, credits, codes, the invariant, crash sweep.
 //! - [`admin`] — the admin API (credits, user money, recharge codes, invariant check).
 //! - [`tokens`] — token counting with a real BPE tokenizer.
@@ -36,6 +37,7 @@ pub mod db;
 pub mod error;
 pub mod ledger;
 pub mod mock_upstream;
+pub mod openai_api;
 pub mod response;
 pub mod router;
 pub mod server;

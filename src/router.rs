@@ -71,6 +71,13 @@ async fn route(
         (&Method::DELETE, ["api", "conversations", id]) => {
             chat::delete_conversation(app, req, id).await
         }
+        (&Method::POST, ["api", "keys"]) => crate::auth::api_keys::create(app, req).await,
+        (&Method::GET, ["api", "keys"]) => crate::auth::api_keys::list(app, req).await,
+        (&Method::DELETE, ["api", "keys", id]) => crate::auth::api_keys::revoke(app, req, id).await,
+        (&Method::GET, ["v1", "models"]) => Ok(crate::openai_api::models(app, req).await),
+        (&Method::POST, ["v1", "chat", "completions"]) => {
+            Ok(crate::openai_api::chat_completions(app, req).await)
+        }
         (&Method::POST, ["admin", "users", id, "credit"]) => admin::credit(app, req, id).await,
         (&Method::GET, ["admin", "users", id]) => admin::user(app, req, id).await,
         (&Method::POST, ["admin", "redeem-codes"]) => admin::mint_codes(app, req).await,

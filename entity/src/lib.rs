@@ -4,6 +4,7 @@
 //! (SQLite, PostgreSQL, MySQL) agree byte for byte and no timezone ever leaks in.
 //! Money is always an integer number of micros (`i64`).
 
+pub mod api_key;
 pub mod conversation;
 pub mod daily_usage;
 pub mod hold;

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_init;
 mod m20261122_000002_ledger;
 mod m20261122_000003_wechat;
+mod m20261122_000004_api_keys;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_init::Migration),
             Box::new(m20261122_000002_ledger::Migration),
             Box::new(m20261122_000003_wechat::Migration),
+            Box::new(m20261122_000004_api_keys::Migration),
         ]
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::demo::DemoEvents;
@@ -56,21 +56,64 @@ impl Upstream {
         })
     }
 
+    /// True when no upstream is configured and the demo model answers.
+    pub fn is_demo(&self) -> bool {
+        self.channels.is_empty()
+    }
+
     /// Starts a streaming answer. Before the upstream's first byte, a connect error,
     /// timeout, 429 or 5xx moves on to the next channel; the first that answers 2xx
     /// wins. With no channels configured the demo model answers.
     pub async fn open(&self, req: &UpstreamRequest) -> Result<EventSource, AppError> {
-        if self.channels.is_empty() {
+        if self.is_demo() {
             return Ok(EventSource::Demo(DemoEvents::new(
                 &req.model,
                 &req.messages,
                 self.demo_delay,
             )));
         }
+        let mut body = json!({
+            "model": req.model,
+            "messages": req.messages,
+            "stream": true,
+            "max_tokens": req.max_tokens,
+        });
+        if let Some(t) = req.temperature {
+            body["temperature"] = json!(t);
+        }
+        let (response, channel) = self.send(&req.model, body, true).await?;
+        Ok(EventSource::Http(Box::new(self.events(response, channel))))
+    }
+
+    /// The events of a streaming `response`.
+    pub fn events(&self, response: reqwest::Response, channel: String) -> HttpEvents {
+        HttpEvents {
+            channel,
+            response,
+            parser: SseParser::new(),
+            idle_timeout: self.idle_timeout,
+            deadline: Instant::now() + self.idle_timeout,
+            ended: false,
+        }
+    }
+
+    /// Posts `body` to `/chat/completions` of the channels serving `model`, in order,
+    /// until one answers 2xx; returns its response (headers read, body not) and the
+    /// channel's name. `stream` requests ask for usage where the channel supports it.
+    pub async fn send(
+        &self,
+        model: &str,
+        body: Value,
+        stream: bool,
+    ) -> Result<(reqwest::Response, String), AppError> {
         let mut last_error = AppError::NotFound("模型不存在");
-        for channel in self.channels.iter().filter(|c| c.serves(&req.model)) {
-            match self.try_channel(channel, req).await {
-                Ok(events) => return Ok(EventSource::Http(Box::new(events))),
+        for channel in self.channels.iter().filter(|c| c.serves(model)) {
+            let mut body = body.clone();
+            if stream && channel.config.include_usage {
+                body["stream_options"] = json!({ "include_usage": true });
+            }
+            match self.try_channel(channel, &body).await {
+                Ok(response) => return Ok((response, channel.config.name.clone())),
                 Err(e) => {
                     tracing::warn!(channel = %channel.config.name, error = %e, "upstream failed before the first byte");
                     last_error = e;
@@ -83,25 +126,13 @@ impl Upstream {
     async fn try_channel(
         &self,
         channel: &ChannelState,
-        req: &UpstreamRequest,
-    ) -> Result<HttpEvents, AppError> {
+        body: &Value,
+    ) -> Result<reqwest::Response, AppError> {
         let url = format!(
             "{}/chat/completions",
             channel.config.base_url.trim_end_matches('/')
         );
-        let mut body = json!({
-            "model": req.model,
-            "messages": req.messages,
-            "stream": true,
-            "max_tokens": req.max_tokens,
-        });
-        if channel.config.include_usage {
-            body["stream_options"] = json!({ "include_usage": true });
-        }
-        if let Some(t) = req.temperature {
-            body["temperature"] = json!(t);
-        }
-        let mut request = self.client.post(&url).json(&body);
+        let mut request = self.client.post(&url).json(body);
         if let Some(key) = channel.next_key() {
             request = request.bearer_auth(key);
         }
@@ -125,14 +156,7 @@ impl Upstream {
             tracing::warn!(channel = %channel.config.name, %status, %detail, "upstream refused");
             return Err(upstream_error(false, "上游服务暂时不可用，请稍后再试"));
         }
-        Ok(HttpEvents {
-            channel: channel.config.name.clone(),
-            response,
-            parser: SseParser::new(),
-            idle_timeout: self.idle_timeout,
-            deadline: Instant::now() + self.idle_timeout,
-            ended: false,
-        })
+        Ok(response)
     }
 }
 
