@@ -91,7 +91,7 @@ pub struct Config {
     pub models: BTreeMap<String, ModelConfig>,
     pub wechat: WechatConfig,
     pub wechat_pay: Option<toml::Table>,
-    pub images: Option<toml::Table>,
+    pub images: ImagesConfig,
     pub recharge_packages: Vec<toml::Table>,
 }
 
@@ -121,7 +121,7 @@ impl Default for Config {
             models: BTreeMap::new(),
             wechat: WechatConfig::default(),
             wechat_pay: None,
-            images: None,
+            images: ImagesConfig::default(),
             recharge_packages: Vec::new(),
         }
     }
@@ -232,6 +232,28 @@ impl Default for ModelConfig {
             context_tokens: 128_000,
             max_output_tokens: 4096,
             temperature: None,
+        }
+    }
+}
+
+/// Image generation (`POST /api/images`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// The image model, served by a channel listing it and priced by its `image_micros`.
+    pub model: String,
+    /// Stored images are deleted after this.
+    pub ttl_secs: u64,
+    /// The size asked for when the request names none.
+    pub default_size: String,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        Self {
+            model: "dall-e-3".into(),
+            ttl_secs: 86_400,
+            default_size: "1024x1024".into(),
         }
     }
 }

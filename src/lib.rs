@@ -16,6 +16,7 @@
 //!   `chat::frame_mp` and `chat::frame_sse` are the two framings (pure).
 //! - [`upstream`] — channels with failover, the incremental SSE parser (pure), the
 //!   OpenAI chunk reader, and the built-in demo model.
+//! - [`images`] — image generation and the files kept and served at `/files/{name}`.
 //! - [`openai_api`] — the OpenAI-compatible `/v1` API for API-key clients.
 //! - [`ledger`] — money: holds, settlement, credits, codes, the invariant, crash sweep.
 //! - [`admin`] — the admin API (credits, user money, recharge codes, invariant check).
@@ -35,6 +36,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod images;
 pub mod ledger;
 pub mod mock_upstream;
 pub mod openai_api;

@@ -103,6 +103,9 @@ pub struct MockConfig {
     pub key_faults: HashMap<String, Fault>,
     /// Ids listed by `GET /v1/models`.
     pub models: Vec<String>,
+    /// Answer `images/generations` with a URL on this mock instead of `b64_json`,
+    /// whatever the request asked.
+    pub image_as_url: bool,
 }
 
 impl Default for MockConfig {
@@ -118,6 +121,7 @@ impl Default for MockConfig {
             fault: Fault::None,
             key_faults: HashMap::new(),
             models: vec!["gpt-4o-mini".to_owned(), "mock-model".to_owned()],
+            image_as_url: false,
         }
     }
 }
@@ -368,6 +372,19 @@ async fn handle(
         Fault::HangBeforeHeaders => std::future::pending().await,
         _ => match (request.method.as_str(), request.path.as_str()) {
             ("GET", "/v1/models" | "/models") => models(&config),
+            ("POST", "/v1/images/generations" | "/images/generations") => {
+                let host = parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("127.0.0.1");
+                images(&request.body, host, config.image_as_url)
+            }
+            ("GET", "/files/mock.png") => respond(
+                StatusCode::OK,
+                "image/png",
+                full(Bytes::from_static(MOCK_PNG)),
+            ),
             ("POST", "/v1/chat/completions" | "/chat/completions") if request.body.is_object() => {
                 chat(&request.body, &config, &fault).await
             }
@@ -407,6 +424,28 @@ fn error_response(code: u16, message: &str) -> Response<MockBody> {
         "error": {"message": message, "type": kind, "param": null, "code": err_code}
     });
     respond(status, JSON, full(body.to_string()))
+}
+
+/// The image every `images/generations` request gets: a 1×1 PNG.
+pub const MOCK_PNG: &[u8] = &[
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
+    0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78, 0xDA, 0x63, 0xF8, 0xFF, 0xFF, 0x3F,
+    0x00, 0x05, 0xFE, 0x02, 0xFE, 0xA7, 0xD6, 0xA9, 0xA3, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E,
+    0x44, 0xAE, 0x42, 0x60, 0x82,
+];
+
+/// `images/generations`: the PNG inline (`b64_json`, the default) or as a URL on this
+/// mock (`response_format: "url"`).
+fn images(body: &Value, host: &str, as_url: bool) -> Response<MockBody> {
+    use base64::Engine;
+    let item = if as_url || body["response_format"] == "url" {
+        serde_json::json!({ "url": format!("http://{host}/files/mock.png") })
+    } else {
+        serde_json::json!({ "b64_json": base64::engine::general_purpose::STANDARD.encode(MOCK_PNG) })
+    };
+    let out = serde_json::json!({ "created": 1_700_000_000, "data": [item] });
+    respond(StatusCode::OK, "application/json", full(out.to_string()))
 }
 
 fn models(config: &MockConfig) -> Response<MockBody> {

@@ -71,6 +71,8 @@ async fn route(
         (&Method::DELETE, ["api", "conversations", id]) => {
             chat::delete_conversation(app, req, id).await
         }
+        (&Method::POST, ["api", "images"]) => crate::images::generate(app, req).await,
+        (&Method::GET, ["files", name]) => crate::images::serve(app, name).await,
         (&Method::POST, ["api", "keys"]) => crate::auth::api_keys::create(app, req).await,
         (&Method::GET, ["api", "keys"]) => crate::auth::api_keys::list(app, req).await,
         (&Method::DELETE, ["api", "keys", id]) => crate::auth::api_keys::revoke(app, req, id).await,

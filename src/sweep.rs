@@ -1,6 +1,6 @@
 //! Periodic housekeeping, at start-up and then every `sweep_interval_secs`: holds and
 //! answers abandoned by a process that died are settled or closed, whichever replica
-//! produced them.
+//! produced them; expired files are deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,11 @@ pub async fn run(app: Arc<App>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(holds = n, "settled holds abandoned by a stopped process"),
             Err(e) => tracing::warn!(error = %e.msg(), "hold sweep failed"),
+        }
+        match crate::images::sweep(&app).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "deleted expired files"),
+            Err(e) => tracing::warn!(error = %e.msg(), "file sweep failed"),
         }
         let abandoned_ms = crate::ledger::sweep::abandon_after(&app).as_millis() as i64;
         match store::close_abandoned(&app.db, crate::clock::unix_millis() - abandoned_ms).await {

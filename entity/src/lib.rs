@@ -7,6 +7,7 @@
 pub mod api_key;
 pub mod conversation;
 pub mod daily_usage;
+pub mod file;
 pub mod hold;
 pub mod ledger_entry;
 pub mod message;

@@ -7,6 +7,7 @@ mod m20261122_000001_init;
 mod m20261122_000002_ledger;
 mod m20261122_000003_wechat;
 mod m20261122_000004_api_keys;
+mod m20261122_000005_files;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_ledger::Migration),
             Box::new(m20261122_000003_wechat::Migration),
             Box::new(m20261122_000004_api_keys::Migration),
+            Box::new(m20261122_000005_files::Migration),
         ]
     }
 }

@@ -97,6 +97,11 @@ impl Upstream {
         }
     }
 
+    /// The shared HTTP client (for fetching what an upstream links to).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// Posts `body` to `/chat/completions` of the channels serving `model`, in order,
     /// until one answers 2xx; returns its response (headers read, body not) and the
     /// channel's name. `stream` requests ask for usage where the channel supports it.
@@ -106,13 +111,25 @@ impl Upstream {
         body: Value,
         stream: bool,
     ) -> Result<(reqwest::Response, String), AppError> {
+        self.post(model, "chat/completions", body, stream).await
+    }
+
+    /// Posts `body` to `path` (relative to the channel's base URL) with the same
+    /// failover as [`Upstream::send`].
+    pub async fn post(
+        &self,
+        model: &str,
+        path: &str,
+        body: Value,
+        stream: bool,
+    ) -> Result<(reqwest::Response, String), AppError> {
         let mut last_error = AppError::NotFound("模型不存在");
         for channel in self.channels.iter().filter(|c| c.serves(model)) {
             let mut body = body.clone();
             if stream && channel.config.include_usage {
                 body["stream_options"] = json!({ "include_usage": true });
             }
-            match self.try_channel(channel, &body).await {
+            match self.try_channel(channel, path, &body).await {
                 Ok(response) => return Ok((response, channel.config.name.clone())),
                 Err(e) => {
                     tracing::warn!(channel = %channel.config.name, error = %e, "upstream failed before the first byte");
@@ -126,12 +143,10 @@ impl Upstream {
     async fn try_channel(
         &self,
         channel: &ChannelState,
+        path: &str,
         body: &Value,
     ) -> Result<reqwest::Response, AppError> {
-        let url = format!(
-            "{}/chat/completions",
-            channel.config.base_url.trim_end_matches('/')
-        );
+        let url = format!("{}/{path}", channel.config.base_url.trim_end_matches('/'));
         let mut request = self.client.post(&url).json(body);
         if let Some(key) = channel.next_key() {
             request = request.bearer_auth(key);

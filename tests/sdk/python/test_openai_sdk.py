@@ -192,6 +192,8 @@ def client(account) -> OpenAI:
 @pytest.fixture(scope="module")
 def plain_answer(client) -> str:
     """The non-streamed answer, fetched once (the streamed ones are compared with it)."""
+    if MOCK_ANSWER is not None:
+        return MOCK_ANSWER
     return ask(client).choices[0].message.content
 
 
