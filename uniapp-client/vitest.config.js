@@ -4,5 +4,6 @@ import vue from '@vitejs/plugin-vue'
 
 export default defineConfig({
   plugins: [vue({ template: { compilerOptions: { isCustomElement: (t) => ['view', 'text', 'scroll-view'].includes(t) } } })],
-  test: { environment: 'node', include: ['tests/**/*.test.js'] },
+  // Waits in tests are bounded polls, not timings: give a loaded CI machine room.
+  test: { environment: 'node', include: ['tests/**/*.test.js'], testTimeout: 60000 },
 })

@@ -50,7 +50,7 @@ export function createMockUni() {
 }
 
 export const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms))
-export async function until(fn, ms = 2000) {
+export async function until(fn, ms = 20000) {
   const t0 = Date.now()
   while (!fn()) {
     if (Date.now() - t0 > ms) throw new Error('timed out waiting')
