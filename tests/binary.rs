@@ -6,58 +6,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
 
-use common::{RawClient, parse_mp, parse_sse};
+use common::{Binary, RawClient, parse_mp, parse_sse, spawn_binary};
 use serde_json::{Value, json};
 
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-}
-
-/// Starts the binary in `dir` with only `CHATGATE_LISTEN` set (plus `env`) and waits
-/// for its `listening on http://ADDR` line.
-fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Running {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgate"));
-    cmd.current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CHATGATE_LISTEN", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
-                let _ = tx.send(addr);
-                sent = true;
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the binary logs its address");
-    Running { child, addr }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // A failing test must not leave a gateway running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Binary {
+    spawn_binary(dir, env)
 }
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {

@@ -7,64 +7,27 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+
 use std::time::Duration;
 
 use chatgate::mock_upstream::{MockConfig, MockUpstream};
-use common::{RawClient, databases};
+use common::{Binary, RawClient, databases, spawn_binary};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "crash-admin";
 
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &std::path::Path, database_url: &str) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatgate"))
-        .current_dir(dir)
-        .env_clear()
-        .env("CHATGATE_CONFIG", dir.join("chatgate.toml"))
-        .env("CHATGATE_LISTEN", "127.0.0.1:0")
-        .env("CHATGATE_DATABASE_URL", database_url)
-        .env("CHATGATE_ADMIN_TOKEN", ADMIN)
-        .env("CHATGATE_JWT_SECRET", "crash-secret")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap()
-                        .parse::<SocketAddr>()
-                        .unwrap(),
-                );
-                sent = true;
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the binary starts");
-    Running { child, addr }
+fn start(dir: &std::path::Path, database_url: &str) -> Binary {
+    let config = dir.join("chatgate.toml");
+    spawn_binary(
+        dir,
+        &[
+            ("CHATGATE_CONFIG", config.to_str().unwrap()),
+            ("CHATGATE_DATABASE_URL", database_url),
+            ("CHATGATE_ADMIN_TOKEN", ADMIN),
+            ("CHATGATE_JWT_SECRET", "crash-secret"),
+        ],
+    )
 }
 
 async fn call(
