@@ -20,6 +20,8 @@ pub struct App {
     /// Whether the admin token was generated (and stored) rather than configured.
     pub admin_token_generated: bool,
     pub upstream: Upstream,
+    /// Rate limits and caps on open answers.
+    pub limiter: crate::limits::Limiter,
     /// For calls to WeChat's APIs.
     pub http: reqwest::Client,
     /// Answers streaming in this process.
@@ -77,6 +79,7 @@ impl App {
             admin_token,
             admin_token_generated,
             upstream,
+            limiter: crate::limits::Limiter::new(&config.limits),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
                 .build()

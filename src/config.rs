@@ -142,6 +142,8 @@ pub struct Limits {
     pub max_answer_secs: u64,
     /// Open client connections at most; more are turned away.
     pub max_connections: usize,
+    /// Reverse proxies (nginx) whose `X-Forwarded-For` / `X-Real-IP` name the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Limits {
@@ -157,6 +159,7 @@ impl Default for Limits {
             header_read_timeout_secs: 10,
             max_answer_secs: 600,
             max_connections: 20_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -83,6 +83,7 @@ pub async fn generate(app: &App, req: Request<Incoming>) -> Result<Response<Body
         request_micros: image_micros,
         ..ModelConfig::default()
     };
+    app.limiter.check_chat(user_id)?;
     let user = users::by_id(&app.db, user_id)
         .await?
         .ok_or(AppError::Unauthorized("账号不存在，请重新登录"))?;

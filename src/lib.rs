@@ -20,6 +20,7 @@
 //! - [`openai_api`] — the OpenAI-compatible `/v1` API for API-key clients.
 //! - [`ledger`] — money: holds, settlement, credits, codes, the invariant, crash sweep.
 //! - [`admin`] — the admin API (credits, user money, recharge codes, invariant check).
+//! - [`limits`] — rate limits per address and user, caps on open answers (governor).
 //! - [`tokens`] — token counting with a real BPE tokenizer.
 //! - [`db`] — connection, migrations, generated-once settings.
 //! - [`sweep`] — periodic housekeeping (answers abandoned by a dead process).
@@ -38,6 +39,7 @@ pub mod db;
 pub mod error;
 pub mod images;
 pub mod ledger;
+pub mod limits;
 pub mod mock_upstream;
 pub mod openai_api;
 pub mod response;

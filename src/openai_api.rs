@@ -133,6 +133,8 @@ pub async fn models(app: &App, req: Request<Incoming>) -> Response<Body> {
 /// What a settlement needs besides the outcome.
 struct Billing {
     hold: Hold,
+    /// Held until the answer is settled.
+    _permit: crate::limits::StreamPermit,
     message_id: String,
     model: String,
     price: crate::config::ModelConfig,
@@ -165,6 +167,8 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         ));
     }
     let price = app.config.model(&model);
+    let permit = app.limiter.open_stream(user_id)?;
+    app.limiter.check_chat(user_id)?;
     let stream = body["stream"].as_bool() == Some(true);
     let client_wants_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
     let prompt_tokens = messages
@@ -213,6 +217,7 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     txn.commit().await?;
     let billing = Billing {
         hold: grant.hold,
+        _permit: permit,
         message_id: message_id.clone(),
         model: model.clone(),
         price: price.clone(),

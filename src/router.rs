@@ -16,7 +16,9 @@ use crate::app::App;
 use crate::auth::handlers as auth;
 use crate::chat::handlers as chat;
 use crate::error::AppError;
+use crate::limits;
 use crate::response::{self, Body};
+use crate::server::{ClientAddr, ClientIp};
 
 /// Handles one request: routes it and decorates the response.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
@@ -42,11 +44,27 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 
 async fn route(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     method: &Method,
     path: &str,
 ) -> Response<Body> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ip = match req.extensions().get::<ClientAddr>() {
+        Some(peer) => limits::client_ip(
+            peer.0.ip(),
+            req.headers(),
+            &app.config.limits.trusted_proxies,
+        ),
+        None => std::net::IpAddr::from([0, 0, 0, 0]),
+    };
+    req.extensions_mut().insert(ClientIp(ip));
+    // Every API request counts against the client's address; the health check and the
+    // page's static files (no database, no upstream) do not, so loading the page is free.
+    let counted = *method != Method::OPTIONS
+        && matches!(segments.first(), Some(&("api" | "v1" | "admin" | "files")));
+    if counted && let Err(err) = app.limiter.check_ip(ip) {
+        return refuse(&req, &segments, &err);
+    }
     let result = match (method, segments.as_slice()) {
         (&Method::OPTIONS, _) => Ok(preflight()),
         (&Method::GET, ["healthz"]) => Ok(response::with_content_type(
@@ -90,6 +108,17 @@ async fn route(
         _ => Err(AppError::NotFound("接口不存在")),
     };
     result.unwrap_or_else(|err| response::error(&err))
+}
+
+/// A refusal before routing, in the shape the endpoint's clients read.
+fn refuse(req: &Request<Incoming>, segments: &[&str], err: &AppError) -> Response<Body> {
+    match segments {
+        ["v1", ..] => crate::openai_api::error(err),
+        ["api", "chat"] | ["api", "messages", _, "stream"] => {
+            crate::chat::Framing::of(req.uri(), req.headers()).error_response(err)
+        }
+        _ => response::error(err),
+    }
 }
 
 /// The answer to a CORS preflight: any origin may call the API with a bearer token.

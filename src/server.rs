@@ -20,6 +20,11 @@ use crate::app::App;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
+/// The client's address (through trusted proxies), put in a request's extensions by
+/// the router.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
+
 /// Serves `listener` until `shutdown` completes, then shuts down gracefully.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let limits = &app.config.limits;

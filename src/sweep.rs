@@ -12,6 +12,7 @@ pub async fn run(app: Arc<App>) {
     let mut every = tokio::time::interval(Duration::from_secs_f64(app.config.sweep_interval_secs));
     loop {
         every.tick().await;
+        app.limiter.retain_recent();
         match crate::ledger::sweep::run_once(&app).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(holds = n, "settled holds abandoned by a stopped process"),

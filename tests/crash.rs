@@ -74,7 +74,7 @@ async fn sigkill_mid_answer_loses_nothing_and_bills_nothing_twice() {
             dir.path().join("chatgate.toml"),
             format!(
                 "free_messages_per_day = 0\nhold_ttl_secs = 1\nsweep_interval_secs = 0.2\nanswer_flush_secs = 0.05\n\
-                 [limits]\nmax_answer_secs = 2\n\
+                 [limits]\nmax_answer_secs = 2\nip_per_second = 0\n\
                  [[channels]]\nname = \"mock\"\nbase_url = \"{}\"\nmodels = [\"m\"]\n\
                  [models.m]\ninput_micros_per_million = 1000000\noutput_micros_per_million = 1000000\nmax_output_tokens = 1000\n",
                 mock.base_url()

@@ -134,11 +134,11 @@ pub async fn guest(app: &App, req: Request<Incoming>) -> Result<Response<Body>, 
     })))
 }
 
-/// The client's address (the TCP peer).
+/// The client's address (as the router determined it).
 fn client_ip(req: &Request<Incoming>) -> String {
     req.extensions()
-        .get::<crate::server::ClientAddr>()
-        .map_or_else(|| "unknown".to_string(), |a| a.0.ip().to_string())
+        .get::<crate::server::ClientIp>()
+        .map_or_else(|| "unknown".to_string(), |a| a.0.to_string())
 }
 
 #[derive(Deserialize)]

@@ -65,6 +65,9 @@ async fn start_chat(
         return Err(AppError::NotFound("模型不存在"));
     }
     let price = app.config.model(&model);
+    // A place among open answers first: a chat refused for that does not use up the rate.
+    let permit = app.limiter.open_stream(user_id)?;
+    app.limiter.check_chat(user_id)?;
 
     let (conversation_id, title, history, seq) =
         match body.conversation_id.as_deref().filter(|c| !c.is_empty()) {
@@ -144,6 +147,7 @@ async fn start_chat(
             hold: grant.hold,
             price,
         },
+        permit,
     );
 
     // SSE clients learn of an upstream that never answered through a real HTTP

@@ -17,6 +17,7 @@ use crate::config::ModelConfig;
 use crate::error::AppError;
 use crate::ledger::holds::{self, Hold, Settlement};
 use crate::ledger::pricing;
+use crate::limits::StreamPermit;
 use crate::upstream::UpstreamRequest;
 use crate::upstream::chunk::{self, Chunk, Usage};
 
@@ -45,14 +46,16 @@ struct Progress {
 }
 
 /// Registers the answer and starts its task on the server's tracker.
-pub fn spawn(app: &Arc<App>, job: AnswerJob) {
+/// `permit` (the answer's place among the user's and the upstream's open streams) is
+/// given back as soon as the upstream is done, before the answer is stored.
+pub fn spawn(app: &Arc<App>, job: AnswerJob, permit: StreamPermit) {
     app.answers.insert(Arc::clone(&job.answer));
     let app = Arc::clone(app);
     let tasks = app.tasks.clone();
-    tasks.spawn(run(app, job));
+    tasks.spawn(run(app, job, permit));
 }
 
-async fn run(app: Arc<App>, job: AnswerJob) {
+async fn run(app: Arc<App>, job: AnswerJob, permit: StreamPermit) {
     let started = Instant::now();
     let answer = Arc::clone(&job.answer);
     let max = Duration::from_secs(app.config.limits.max_answer_secs);
@@ -66,6 +69,7 @@ async fn run(app: Arc<App>, job: AnswerJob) {
         }
         outcome = drive(&app, &job, &mut progress) => outcome,
     };
+    drop(permit);
     finish(&app, &job, outcome, &progress, started).await;
     tracing::info!(
         message_id = %answer.message_id,

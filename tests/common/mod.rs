@@ -34,6 +34,14 @@ pub fn test_config(dir: &tempfile::TempDir) -> Config {
         demo_chunk_delay_ms: 1,
         shutdown_grace_secs: 10,
         free_messages_per_day: 0,
+        // Limits are off unless a test is about them.
+        limits: chatgate::config::Limits {
+            ip_per_second: 0,
+            user_chats_per_minute: 0,
+            user_concurrent_streams: 0,
+            upstream_concurrent_streams: 0,
+            ..chatgate::config::Limits::default()
+        },
         ..Config::default()
     }
 }
