@@ -157,3 +157,11 @@ pub async fn check(app: &App, req: Request<Incoming>) -> Result<Response<Body>, 
     authorize(app, &req)?;
     Ok(response::ok_json(&invariant::check(&app.db).await?))
 }
+
+/// `GET /admin/channels`: every upstream key and whether it is still in rotation.
+pub async fn channels(app: &App, req: Request<Incoming>) -> Result<Response<Body>, AppError> {
+    authorize(app, &req)?;
+    Ok(response::ok_json(
+        &json!({ "keys": app.upstream.key_status() }),
+    ))
+}

@@ -102,6 +102,7 @@ async fn route(
         (&Method::GET, ["admin", "users", id]) => admin::user(app, req, id).await,
         (&Method::POST, ["admin", "redeem-codes"]) => admin::mint_codes(app, req).await,
         (&Method::GET, ["admin", "check"]) => admin::check(app, req).await,
+        (&Method::GET, ["admin", "channels"]) => admin::channels(app, req).await,
         (&Method::GET | &Method::HEAD, _) => {
             crate::web::serve(path).ok_or(AppError::NotFound("接口不存在"))
         }

@@ -2,7 +2,7 @@
 //! round-robin, failover before the first byte, and the timeouts (connect, first byte,
 //! idle between pieces).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -28,6 +28,27 @@ struct ChannelState {
     config: Channel,
     /// Round-robin position in the key pool.
     next_key: AtomicUsize,
+    /// Keys that answered 401: out of rotation until the gateway restarts.
+    revoked: Vec<AtomicBool>,
+}
+
+/// Why one attempt on one key failed.
+enum Failure {
+    /// 401: the key is bad; take it out of rotation and try the next.
+    KeyRevoked,
+    /// Connect error, timeout, 429, 5xx: try the next key, then the next channel.
+    Retry(AppError),
+    /// The upstream refused the request itself (400, 404, …): another key won't help.
+    Final(AppError),
+}
+
+/// A key's state, for the admin.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyStatus {
+    pub channel: String,
+    /// The first characters of the key.
+    pub key: String,
+    pub revoked: bool,
 }
 
 impl Upstream {
@@ -44,6 +65,7 @@ impl Upstream {
             .map(|c| ChannelState {
                 config: c.clone(),
                 next_key: AtomicUsize::new(0),
+                revoked: c.api_keys.iter().map(|_| AtomicBool::new(false)).collect(),
             })
             .collect();
         channels.sort_by_key(|c| c.config.priority);
@@ -129,11 +151,23 @@ impl Upstream {
             if stream && channel.config.include_usage {
                 body["stream_options"] = json!({ "include_usage": true });
             }
-            match self.try_channel(channel, path, &body).await {
-                Ok(response) => return Ok((response, channel.config.name.clone())),
-                Err(e) => {
-                    tracing::warn!(channel = %channel.config.name, error = %e, "upstream failed before the first byte");
-                    last_error = e;
+            // Each live key of the channel at most once, in rotation order.
+            for _ in 0..channel.config.api_keys.len().max(1) {
+                let Some(key) = channel.next_key() else {
+                    last_error = upstream_error(false, "上游服务的密钥均已失效");
+                    break;
+                };
+                match self.try_channel(channel, path, &body, key).await {
+                    Ok(response) => return Ok((response, channel.config.name.clone())),
+                    Err(Failure::KeyRevoked) => {
+                        channel.revoke(key);
+                        last_error = upstream_error(false, "上游服务暂时不可用，请稍后再试");
+                    }
+                    Err(Failure::Retry(e)) => {
+                        tracing::warn!(channel = %channel.config.name, error = %e, "upstream failed before the first byte; trying the next key or channel");
+                        last_error = e;
+                    }
+                    Err(Failure::Final(e)) => return Err(e),
                 }
             }
         }
@@ -145,33 +179,60 @@ impl Upstream {
         channel: &ChannelState,
         path: &str,
         body: &Value,
-    ) -> Result<reqwest::Response, AppError> {
+        key: Option<usize>,
+    ) -> Result<reqwest::Response, Failure> {
         let url = format!("{}/{path}", channel.config.base_url.trim_end_matches('/'));
         let mut request = self.client.post(&url).json(body);
-        if let Some(key) = channel.next_key() {
-            request = request.bearer_auth(key);
+        if let Some(k) = key {
+            request = request.bearer_auth(&channel.config.api_keys[k]);
         }
         let response = match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
-            Err(_) => return Err(upstream_error(true, "上游服务响应超时")),
-            Ok(Err(e)) if e.is_timeout() => return Err(upstream_error(true, "上游服务连接超时")),
+            Err(_) => return Err(Failure::Retry(upstream_error(true, "上游服务响应超时"))),
+            Ok(Err(e)) if e.is_timeout() => {
+                return Err(Failure::Retry(upstream_error(true, "上游服务连接超时")));
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "upstream request failed");
-                return Err(upstream_error(false, "上游服务连接失败"));
+                return Err(Failure::Retry(upstream_error(false, "上游服务连接失败")));
             }
             Ok(Ok(r)) => r,
         };
         let status = response.status();
-        if !status.is_success() {
-            let detail = tokio::time::timeout(Duration::from_secs(2), response.text())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            let detail: String = detail.chars().take(300).collect();
-            tracing::warn!(channel = %channel.config.name, %status, %detail, "upstream refused");
-            return Err(upstream_error(false, "上游服务暂时不可用，请稍后再试"));
+        if status.is_success() {
+            return Ok(response);
         }
-        Ok(response)
+        let detail = tokio::time::timeout(Duration::from_secs(2), response.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let detail: String = detail.chars().take(300).collect();
+        tracing::warn!(channel = %channel.config.name, %status, %detail, "upstream refused");
+        Err(match status.as_u16() {
+            401 if key.is_some() => Failure::KeyRevoked,
+            408 | 409 | 429 | 500..=599 => {
+                Failure::Retry(upstream_error(false, "上游服务暂时不可用，请稍后再试"))
+            }
+            _ => Failure::Final(upstream_error(false, "上游服务拒绝了该请求")),
+        })
+    }
+
+    /// Every key of every channel and whether it is still in rotation.
+    pub fn key_status(&self) -> Vec<KeyStatus> {
+        self.channels
+            .iter()
+            .flat_map(|c| {
+                c.config
+                    .api_keys
+                    .iter()
+                    .zip(&c.revoked)
+                    .map(|(key, revoked)| KeyStatus {
+                        channel: c.config.name.clone(),
+                        key: key.chars().take(7).collect::<String>() + "…",
+                        revoked: revoked.load(Ordering::Relaxed),
+                    })
+            })
+            .collect()
     }
 }
 
@@ -180,13 +241,28 @@ impl ChannelState {
         self.config.models.is_empty() || self.config.models.iter().any(|m| m == model)
     }
 
-    fn next_key(&self) -> Option<&str> {
-        let keys = &self.config.api_keys;
-        if keys.is_empty() {
-            return None;
+    /// The next key in rotation that has not been revoked (`Some(None)`-like: `None`
+    /// when every key is revoked; a channel without keys sends none).
+    fn next_key(&self) -> Option<Option<usize>> {
+        let n = self.config.api_keys.len();
+        if n == 0 {
+            return Some(None);
         }
-        let i = self.next_key.fetch_add(1, Ordering::Relaxed) % keys.len();
-        Some(&keys[i])
+        for _ in 0..n {
+            let i = self.next_key.fetch_add(1, Ordering::Relaxed) % n;
+            if !self.revoked[i].load(Ordering::Relaxed) {
+                return Some(Some(i));
+            }
+        }
+        None
+    }
+
+    fn revoke(&self, key: Option<usize>) {
+        if let Some(i) = key
+            && !self.revoked[i].swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(channel = %self.config.name, key_index = i, "an upstream key answered 401: taken out of rotation");
+        }
     }
 }
 

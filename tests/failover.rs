@@ -1,0 +1,140 @@
+//! The upstream pool: a dead channel fails over to the next; keys rotate round-robin;
+//! a key answering 401 is taken out of rotation for good (and shown to the admin); 429
+//! moves on to the next key; a hang before the first byte and a stall mid-stream hit
+//! their timeouts as 11000.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use chatgate::config::Channel;
+use chatgate::mock_upstream::{self, Fault, MockConfig, MockUpstream};
+use common::{Gateway, parse_mp, parse_sse};
+use serde_json::{Value, json};
+
+fn channel(name: &str, base_url: String, keys: &[&str], priority: i32) -> Channel {
+    Channel {
+        name: name.into(),
+        base_url,
+        api_keys: keys.iter().map(|k| k.to_string()).collect(),
+        models: vec!["gpt-4o-mini".into()],
+        priority,
+        weight: 1,
+        include_usage: true,
+    }
+}
+
+#[tokio::test]
+async fn dead_channels_and_bad_keys_are_skipped_and_healthy_keys_share_the_load() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mock = MockUpstream::start(MockConfig {
+        key_faults: HashMap::from([
+            ("k-revoked".to_string(), Fault::Status(401)),
+            ("k-busy".to_string(), Fault::Status(429)),
+        ]),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let gw = Gateway::start(|c| {
+        c.channels = vec![
+            channel("dead", format!("http://{closed}/v1"), &["k-dead"], 0),
+            channel(
+                "live",
+                mock.base_url(),
+                &["k-revoked", "k1", "k-busy", "k2"],
+                1,
+            ),
+        ];
+    })
+    .await;
+    let token = gw.register("pool").await;
+    for n in 0..30 {
+        let message = format!("q{n}");
+        let resp = gw
+            .chat(&token, &json!({ "message": message }), n % 2 == 0)
+            .await;
+        let content = if n % 2 == 0 {
+            parse_mp(&resp.chunks).content
+        } else {
+            parse_sse(&resp.body()).content
+        };
+        assert_eq!(
+            content,
+            mock_upstream::answer_for(&message),
+            "chat {n} served by the live channel"
+        );
+    }
+    let mut used: HashMap<String, usize> = HashMap::new();
+    for r in mock.requests() {
+        *used
+            .entry(r.bearer().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        used.get("k-revoked"),
+        Some(&1),
+        "a 401 key is never used again: {used:?}"
+    );
+    let (k1, k2) = (used["k1"], used["k2"]);
+    assert_eq!(k1 + k2, 30);
+    assert!(k1.abs_diff(k2) <= 1, "round-robin within ±1: {used:?}");
+    assert!(used["k-busy"] >= 2, "a 429 key stays in rotation: {used:?}");
+
+    let (status, view) = gw.admin("GET", "/admin/channels", &Value::Null).await;
+    assert_eq!(status, 200);
+    let revoked: Vec<&Value> = view["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["revoked"] == true)
+        .collect();
+    assert_eq!(revoked.len(), 1, "{view}");
+    assert_eq!(revoked[0]["channel"], "live");
+    assert!(
+        !view.to_string().contains("k-revoked"),
+        "keys are shown only by their start"
+    );
+}
+
+#[tokio::test]
+async fn a_hang_before_the_first_byte_and_a_stall_mid_stream_hit_their_timeouts() {
+    let mock = MockUpstream::start(MockConfig {
+        fault: Fault::HangBeforeHeaders,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let gw = Gateway::start(|c| {
+        c.channels = vec![channel("slow", mock.base_url(), &[], 0)];
+        c.upstream.first_byte_timeout_secs = 0.3;
+        c.upstream.idle_timeout_secs = 0.3;
+    })
+    .await;
+    let token = gw.register("patient").await;
+    let resp = gw.chat(&token, &json!({"message": "hi"}), false).await;
+    assert_eq!(resp.status, 504);
+    let body: Value = serde_json::from_slice(&resp.body()).unwrap();
+    assert_eq!(body["code"], 11000);
+
+    mock.set_config(MockConfig {
+        fault: Fault::StallAfter(2),
+        ..MockConfig::default()
+    });
+    let mp = parse_mp(
+        &gw.chat(&token, &json!({"message": "hi"}), true)
+            .await
+            .chunks,
+    );
+    assert_eq!(mp.error.unwrap()["code"], 11000);
+    assert!(
+        !mp.content.is_empty(),
+        "what was sent before the stall is kept"
+    );
+    gw.assert_ledger_ok().await;
+}
