@@ -16,7 +16,7 @@ use crate::response::{self, Body};
 
 /// Refuses requests without the admin token. The comparison takes the same time
 /// wherever the first difference is.
-fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), AppError> {
+pub fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), AppError> {
     let given = bearer(req.headers()).unwrap_or_default().as_bytes();
     let want = app.admin_token.as_bytes();
     let differs = given.len() != want.len()

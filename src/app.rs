@@ -72,6 +72,7 @@ impl App {
             }
         };
         let upstream = Upstream::new(&config).map_err(|e| StartError::Other(e.msg()))?;
+        crate::metrics::install();
         // Loading the tokenizer takes a moment; do it before the first question.
         tokio::task::spawn_blocking(crate::tokens::warm_up);
         Ok(Arc::new(Self {

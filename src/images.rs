@@ -8,6 +8,7 @@
 //! `[images] ttl_secs`. The per-image price goes through hold and settle like an
 //! answer; an upstream failure costs nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -45,7 +46,7 @@ struct ImageRequest {
 }
 
 /// `POST /api/images`.
-pub async fn generate(app: &App, req: Request<Incoming>) -> Result<Response<Body>, AppError> {
+pub async fn generate(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, AppError> {
     let user_id = app.tokens.user_of(req.headers())?;
     let body: ImageRequest =
         response::read_json(req.into_body(), app.config.limits.max_body_bytes).await?;
@@ -72,7 +73,11 @@ pub async fn generate(app: &App, req: Request<Incoming>) -> Result<Response<Body
     let model = body
         .model
         .unwrap_or_else(|| app.config.images.model.clone());
-    if !app.upstream.is_demo() && !app.config.has_model(&model) {
+    // The configured image model, or another model priced per image: a chat model
+    // (no image price) cannot be used to draw for free.
+    let is_image_model =
+        model == app.config.images.model || app.config.model(&model).image_micros > 0;
+    if !is_image_model || (!app.upstream.is_demo() && !app.config.has_model(&model)) {
         return Err(AppError::NotFound("图片模型不存在"));
     }
     // One image at its flat price, held like an answer (the free chat quota does not apply).
@@ -109,42 +114,56 @@ pub async fn generate(app: &App, req: Request<Incoming>) -> Result<Response<Body
     .await?;
     txn.commit().await?;
 
-    let produced = produce(app, &model, prompt, &size).await;
-    let stored = match produced {
-        Ok((bytes, content_type)) => store_file(app, user_id, bytes, content_type).await,
-        Err(e) => Err(e),
-    };
-    let failed = stored.is_err();
-    let cost_micros = if failed { 0 } else { image_micros as i64 };
-    let settled = holds::settle(
-        &app.db,
-        &Settlement {
-            hold: &grant.hold,
-            message_id: &job_id,
-            model: &model,
-            channel: "images",
-            usage: Usage::default(),
-            cost_micros,
-            failed,
-            first_token_ms: None,
-            total_ms: started.elapsed().as_millis() as i64,
-            answer: Finished {
-                status: if failed { store::FAILED } else { store::DONE },
-                content: "",
-                prompt_tokens: 0,
-                completion_tokens: 0,
+    // The rest runs on a server task, so a client that gives up waiting (WeChat caps a
+    // request at ~60 s) cannot leave the hold unsettled.
+    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+    let task_app = Arc::clone(app);
+    let prompt = prompt.to_string();
+    app.tasks.spawn(async move {
+        let app = task_app;
+        let produced = produce(&app, &model, &prompt, &size).await;
+        let stored = match produced {
+            Ok((bytes, content_type)) => store_file(&app, user_id, bytes, content_type).await,
+            Err(e) => Err(e),
+        };
+        let failed = stored.is_err();
+        let cost_micros = if failed { 0 } else { image_micros as i64 };
+        let settled = holds::settle(
+            &app.db,
+            &Settlement {
+                hold: &grant.hold,
+                message_id: &job_id,
+                model: &model,
+                channel: "images",
+                usage: Usage::default(),
                 cost_micros,
-                error_code: failed.then_some(11000),
+                failed,
+                first_token_ms: None,
+                total_ms: started.elapsed().as_millis() as i64,
+                answer: Finished {
+                    status: if failed { store::FAILED } else { store::DONE },
+                    content: "",
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                    cost_micros,
+                    error_code: failed.then_some(11000),
+                },
             },
-        },
-    )
-    .await?;
-    let name = stored?;
-    Ok(response::ok_json(&json!({
-        "images": [{ "url": format!("/files/{name}") }],
-        "cost_micros": settled.charged_micros,
-        "balance_micros": settled.balance_micros,
-    })))
+        )
+        .await;
+        let reply = settled.and_then(|settled| {
+            let name = stored?;
+            Ok(response::ok_json(&json!({
+                "images": [{ "url": format!("/files/{name}") }],
+                "cost_micros": settled.charged_micros,
+                "balance_micros": settled.balance_micros,
+            })))
+        });
+        let _ = reply_tx.send(reply);
+    });
+    reply_rx
+        .await
+        .unwrap_or_else(|_| Err(AppError::internal("the image task ended without a reply")))
 }
 
 /// The image's bytes and content type, from the upstream (or the demo).

@@ -25,6 +25,7 @@
 //! - [`db`] — connection, migrations, generated-once settings.
 //! - [`sweep`] — periodic housekeeping (answers abandoned by a dead process).
 //! - [`web`] — the built H5 page, embedded, served at `/`.
+//! - [`metrics`] — Prometheus metrics at `/metrics`.
 //! - [`mock_upstream`] — an OpenAI-compatible mock upstream for tests and benchmarks.
 
 #![forbid(unsafe_code)]
@@ -40,6 +41,7 @@ pub mod error;
 pub mod images;
 pub mod ledger;
 pub mod limits;
+pub mod metrics;
 pub mod mock_upstream;
 pub mod openai_api;
 pub mod response;

@@ -17,7 +17,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use sea_orm::TransactionTrait;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::app::App;
@@ -169,6 +169,9 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     let price = app.config.model(&model);
     let permit = app.limiter.open_stream(user_id)?;
     app.limiter.check_chat(user_id)?;
+    if body["n"].as_u64().is_some_and(|n| n > 1) {
+        return Err(AppError::bad_request("`n` greater than 1 is not supported"));
+    }
     let stream = body["stream"].as_bool() == Some(true);
     let client_wants_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
     let prompt_tokens = messages
@@ -234,30 +237,66 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         obj.remove("stream_options");
     }
 
+    // Everything after the hold runs on a server task: a client that leaves at any
+    // moment stops the upstream, but can never leave the hold unsettled.
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let task_app = Arc::clone(app);
+    app.tasks.spawn(async move {
+        let job = Job {
+            body,
+            messages,
+            billing,
+            stream,
+            client_wants_usage,
+        };
+        answer(task_app, job, reply_tx).await;
+    });
+    reply_rx
+        .await
+        .unwrap_or_else(|_| Err(AppError::internal("the answer task ended without a reply")))
+}
+
+/// One `/v1` answer after its hold was taken.
+struct Job {
+    body: Value,
+    messages: Vec<ChatMessage>,
+    billing: Billing,
+    stream: bool,
+    client_wants_usage: bool,
+}
+
+/// Produces the answer, replies with the response (or the error) and always settles.
+async fn answer(app: Arc<App>, job: Job, reply: oneshot::Sender<Result<Response<Body>, AppError>>) {
+    let Job {
+        body,
+        messages,
+        billing,
+        stream,
+        client_wants_usage,
+    } = job;
     if !stream {
-        return complete_whole(app, body, &messages, billing).await;
+        let _ = reply.send(complete_whole(&app, body, &messages, billing).await);
+        return;
     }
     let source = if app.upstream.is_demo() {
         EventSource::Demo(DemoEvents::new(
-            &model,
+            &billing.model,
             &messages,
             Duration::from_millis(app.config.demo_chunk_delay_ms),
         ))
     } else {
-        match app.upstream.send(&model, body, true).await {
+        match app.upstream.send(&billing.model, body, true).await {
             Ok((response, channel)) => {
                 EventSource::Http(Box::new(app.upstream.events(response, channel)))
             }
             Err(e) => {
-                settle(app, &billing, "", Usage::default(), true, "").await;
-                return Err(e);
+                settle(&app, &billing, "", Usage::default(), true, "").await;
+                let _ = reply.send(Err(e));
+                return;
             }
         }
     };
     let (tx, rx) = mpsc::channel::<Bytes>(32);
-    let app2 = Arc::clone(app);
-    app.tasks
-        .spawn(async move { relay(&app2, source, tx, client_wants_usage, billing).await });
     let chunks =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     let mut resp = response::with_content_type(
@@ -269,7 +308,10 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    // If the client already left, the response (and its receiver) is dropped here and
+    // the relay stops at its first event.
+    let _ = reply.send(Ok(resp));
+    relay(&app, source, tx, client_wants_usage, billing).await;
 }
 
 /// The prompt's messages as text (string contents, or the text parts of an array).
@@ -392,11 +434,15 @@ async fn relay(
     let mut usage = None;
     let mut failed = false;
     let channel = source.channel().to_string();
+    // Bounded like every answer; a client that stops reading is treated as gone.
+    let deadline = Instant::now() + Duration::from_secs(app.config.limits.max_answer_secs);
+    let send_timeout = Duration::from_secs_f64(app.config.upstream.idle_timeout_secs);
     loop {
         // A client that leaves while the upstream is silent is noticed at once too.
         let next = tokio::select! {
             next = source.next() => next,
             _ = tx.closed() => break,
+            _ = tokio::time::sleep_until(deadline) => break,
         };
         let event = match next {
             Ok(Some(event)) => event,
@@ -406,7 +452,7 @@ async fn relay(
                 let mut out = BytesMut::new();
                 let body = json!({"error": {"message": e.msg(), "type": "api_error", "code": "upstream_error"}});
                 crate::chat::frame_sse::write_event(&mut out, body.to_string().as_bytes());
-                let _ = tx.send(out.freeze()).await;
+                let _ = tokio::time::timeout(send_timeout, tx.send(out.freeze())).await;
                 break;
             }
         };
@@ -435,7 +481,10 @@ async fn relay(
         if let Some(data) = forward {
             let mut out = BytesMut::with_capacity(data.len() + 8);
             crate::chat::frame_sse::write_event(&mut out, &data);
-            if tx.send(out.freeze()).await.is_err() {
+            if !matches!(
+                tokio::time::timeout(send_timeout, tx.send(out.freeze())).await,
+                Ok(Ok(()))
+            ) {
                 // The client left: stop reading (dropping the source cancels the
                 // upstream request) and bill the prompt plus what was received.
                 break;
@@ -446,7 +495,11 @@ async fn relay(
         }
     }
     drop(source);
-    let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    let _ = tokio::time::timeout(
+        send_timeout,
+        tx.send(Bytes::from_static(b"data: [DONE]\n\n")),
+    )
+    .await;
     let usage = usage.unwrap_or_else(|| counted(&billing, &text));
     settle(app, &billing, &text, usage, failed, &channel).await;
 }

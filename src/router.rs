@@ -103,12 +103,20 @@ async fn route(
         (&Method::POST, ["admin", "redeem-codes"]) => admin::mint_codes(app, req).await,
         (&Method::GET, ["admin", "check"]) => admin::check(app, req).await,
         (&Method::GET, ["admin", "channels"]) => admin::channels(app, req).await,
+        (&Method::GET, ["metrics"]) => crate::metrics::render(app, req).await,
         (&Method::GET | &Method::HEAD, _) => {
             crate::web::serve(path).ok_or(AppError::NotFound("接口不存在"))
         }
         _ => Err(AppError::NotFound("接口不存在")),
     };
-    result.unwrap_or_else(|err| response::error(&err))
+    let resp = result.unwrap_or_else(|err| response::error(&err));
+    metrics::counter!(
+        crate::metrics::REQUESTS,
+        "route" => crate::metrics::route_label(method, &segments),
+        "status" => resp.status().as_str().to_owned(),
+    )
+    .increment(1);
+    resp
 }
 
 /// A refusal before routing, in the shape the endpoint's clients read.

@@ -100,6 +100,28 @@ async fn dead_channels_and_bad_keys_are_skipped_and_healthy_keys_share_the_load(
         !view.to_string().contains("k-revoked"),
         "keys are shown only by their start"
     );
+
+    // The operator sees the failovers and the eviction in /metrics.
+    let admin_token = gw.app.admin_token.clone();
+    let metrics = gw
+        .raw("GET", "/metrics", Some(&admin_token), &[], b"")
+        .await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    };
+    assert!(value("chatgate_upstream_keys_revoked_total{channel=\"live\"}") >= 1.0);
+    assert!(value("chatgate_upstream_failovers_total{channel=\"dead\"}") >= 30.0);
+    assert!(value("chatgate_requests_total{route=\"POST /api/chat\",status=\"200\"}") >= 30.0);
+    assert!(text.contains("chatgate_open_holds 0"));
+    assert!(text.contains("chatgate_answer_seconds_bucket"));
+    let anonymous = gw.raw("GET", "/metrics", None, &[], b"").await;
+    assert_eq!(anonymous.status, 401);
 }
 
 #[tokio::test]

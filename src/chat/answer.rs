@@ -124,6 +124,11 @@ impl Answer {
         self.live().phase.clone()
     }
 
+    /// How many readers follow this answer.
+    pub fn readers(&self) -> usize {
+        self.changed.receiver_count()
+    }
+
     /// Waits until the upstream answered (or the answer ended); returns the phase.
     pub async fn opened(&self) -> Phase {
         let mut rx = self.changed.subscribe();
@@ -237,7 +242,15 @@ impl Reader {
     /// Frames everything new since the last call into `out`.
     fn collect(&mut self, out: &mut BytesMut) {
         let live = self.answer.live();
-        if let Some(offset) = self.resume_from.take() {
+        if let Some(offset) = self.resume_from {
+            // A client may hold more than this replica has seen yet (a mirror of another
+            // replica's flushes lags behind): wait until the text reaches its offset.
+            let known = live.content.chars().count();
+            let ended = matches!(live.phase, Phase::Ended(_));
+            if offset > known && !ended {
+                return;
+            }
+            self.resume_from = None;
             let start = byte_offset(&live.content, offset);
             let rest = &live.content[start..];
             if !rest.is_empty() {
@@ -393,6 +406,19 @@ mod tests {
         );
         assert!(text.ends_with("data: [DONE]\n\n"));
         assert!(first.next_chunk().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reader_ahead_of_the_known_text_waits_for_it() {
+        let answer = Answer::new("m".into(), "c".into(), 1);
+        answer.push(Bytes::new(), "abc");
+        let mut r = answer.reader(Framing::MiniProgram, Some(5), Duration::from_secs(60));
+        let pending = tokio::spawn(async move { r.next_chunk().await });
+        tokio::task::yield_now().await;
+        answer.push(Bytes::new(), "de");
+        answer.push(Bytes::new(), "fg");
+        let chunk = pending.await.unwrap().unwrap();
+        assert_eq!(&chunk[..], "success: {\"content\":\"fg\"}\r\n".as_bytes());
     }
 
     #[tokio::test(start_paused = true)]

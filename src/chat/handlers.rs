@@ -270,6 +270,10 @@ async fn follow_stored(app: &App, answer: &Answer) {
         tokio::time::Instant::now() + Duration::from_secs(app.config.limits.max_answer_secs + 60);
     loop {
         tokio::time::sleep(poll).await;
+        if answer.readers() == 0 {
+            // Everyone who wanted it left: stop polling the database.
+            return;
+        }
         let row = match store::answer_of(&app.db, &answer.message_id, answer.user_id).await {
             Ok(Some(row)) => row,
             Ok(None) => {

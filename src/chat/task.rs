@@ -58,6 +58,7 @@ pub fn spawn(app: &Arc<App>, job: AnswerJob, permit: StreamPermit) {
 async fn run(app: Arc<App>, job: AnswerJob, permit: StreamPermit) {
     let started = Instant::now();
     let answer = Arc::clone(&job.answer);
+    metrics::gauge!(crate::metrics::OPEN_ANSWERS).increment(1.0);
     let max = Duration::from_secs(app.config.limits.max_answer_secs);
     let mut progress = Progress::default();
     let outcome = tokio::select! {
@@ -70,6 +71,18 @@ async fn run(app: Arc<App>, job: AnswerJob, permit: StreamPermit) {
         outcome = drive(&app, &job, &mut progress) => outcome,
     };
     drop(permit);
+    if let Outcome::Failed {
+        before_open: false, ..
+    } = outcome
+    {
+        metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "channel" => progress.channel.clone())
+            .increment(1);
+    }
+    metrics::gauge!(crate::metrics::OPEN_ANSWERS).decrement(1.0);
+    if let Some(t) = progress.first_content {
+        metrics::histogram!(crate::metrics::FIRST_TOKEN).record((t - started).as_secs_f64());
+    }
+    metrics::histogram!(crate::metrics::ANSWER_TIME).record(started.elapsed().as_secs_f64());
     finish(&app, &job, outcome, &progress, started).await;
     tracing::info!(
         message_id = %answer.message_id,
@@ -167,7 +180,8 @@ async fn finish(
             total_tokens: prompt_tokens + completion_tokens,
         }
     });
-    let failed = failure.is_some();
+    // Stopped before any upstream answered: nothing was produced, nothing is billed.
+    let failed = failure.is_some() || progress.channel.is_empty();
     let cost_micros = if failed {
         0
     } else {

@@ -92,7 +92,11 @@ pub async fn take<C: ConnectionTrait>(db: &C, req: Request<'_>) -> Result<Grant,
         .one(db)
         .await?
         .map_or(0, |u| u.balance_micros);
-    let affordable = affordable_output(req.price, prompt, balance);
+    // Never above what was asked for (the balance may have risen meanwhile).
+    let affordable = Ord::min(
+        affordable_output(req.price, prompt, balance),
+        req.max_tokens,
+    );
     if affordable >= MIN_ANSWER_TOKENS {
         let amount = cost(req.price, &usage(prompt, affordable));
         if debit(db, user_id, amount).await? {
@@ -356,11 +360,14 @@ pub async fn settle(db: &DatabaseConnection, s: &Settlement<'_>) -> Result<Settl
         .insert(&txn)
         .await?;
     }
-    let answer = Finished {
-        cost_micros: charged,
-        ..s.answer
-    };
-    store::finish_answer(&txn, s.message_id, &answer).await?;
+    // A hold the sweep already settled also stored the answer: leave its row alone.
+    if applied {
+        let answer = Finished {
+            cost_micros: charged,
+            ..s.answer
+        };
+        store::finish_answer(&txn, s.message_id, &answer).await?;
+    }
     let balance_micros = user::Entity::find_by_id(s.hold.user_id)
         .one(&txn)
         .await?

@@ -161,13 +161,19 @@ impl Upstream {
                     Ok(response) => return Ok((response, channel.config.name.clone())),
                     Err(Failure::KeyRevoked) => {
                         channel.revoke(key);
+                        metrics::counter!(crate::metrics::FAILOVERS, "channel" => channel.config.name.clone()).increment(1);
                         last_error = upstream_error(false, "上游服务暂时不可用，请稍后再试");
                     }
                     Err(Failure::Retry(e)) => {
+                        metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "channel" => channel.config.name.clone()).increment(1);
+                        metrics::counter!(crate::metrics::FAILOVERS, "channel" => channel.config.name.clone()).increment(1);
                         tracing::warn!(channel = %channel.config.name, error = %e, "upstream failed before the first byte; trying the next key or channel");
                         last_error = e;
                     }
-                    Err(Failure::Final(e)) => return Err(e),
+                    Err(Failure::Final(e)) => {
+                        metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "channel" => channel.config.name.clone()).increment(1);
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -262,6 +268,8 @@ impl ChannelState {
             && !self.revoked[i].swap(true, Ordering::Relaxed)
         {
             tracing::error!(channel = %self.config.name, key_index = i, "an upstream key answered 401: taken out of rotation");
+            metrics::counter!(crate::metrics::REVOKED_KEYS, "channel" => self.config.name.clone())
+                .increment(1);
         }
     }
 }
