@@ -293,21 +293,37 @@ async fn a_client_that_gives_up_on_a_non_streamed_answer_leaves_no_hold_open() {
     .await;
     let (token, user_id) = gw.register_with("impatient", 10_000_000).await;
     let (key, _) = new_key(&gw, &token).await;
-    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "slow"}]}).to_string();
-    let client = RawClient::send(gw.addr, "POST", "/v1/chat/completions", Some(&key), &[], body.as_bytes());
+    let body =
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "slow"}]}).to_string();
+    let client = RawClient::send(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        &[],
+        body.as_bytes(),
+    );
     // Give up before the upstream answers (an SDK timeout, a closed laptop).
     let _ = tokio::time::timeout(Duration::from_millis(100), client).await;
     assert!(mock.wait_for_requests(1, Duration::from_secs(10)).await);
     let mut settled = Value::Null;
     for _ in 0..500 {
-        let (_, view) = gw.admin("GET", &format!("/admin/users/{user_id}"), &Value::Null).await;
+        let (_, view) = gw
+            .admin("GET", &format!("/admin/users/{user_id}"), &Value::Null)
+            .await;
         if view["held_micros"] == 0 && !view["usage"].as_array().unwrap().is_empty() {
             settled = view;
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(settled["held_micros"], 0, "the hold was settled although the client left");
-    assert!(settled["balance_micros"].as_i64().unwrap() < 10_000_000, "the answer the upstream produced is billed");
+    assert_eq!(
+        settled["held_micros"], 0,
+        "the hold was settled although the client left"
+    );
+    assert!(
+        settled["balance_micros"].as_i64().unwrap() < 10_000_000,
+        "the answer the upstream produced is billed"
+    );
     gw.assert_ledger_ok().await;
 }
