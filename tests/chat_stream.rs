@@ -820,3 +820,45 @@ async fn shutdown_lets_open_answers_finish_and_be_stored() {
     assert_eq!(row.status, "done");
     assert_eq!(row.content, mock_upstream::answer_for("long"));
 }
+
+#[tokio::test]
+async fn a_stop_sent_to_another_replica_ends_a_silent_answer() {
+    let mock = MockUpstream::start(MockConfig {
+        first_token_delay: Duration::from_secs(30),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let a = Gateway::start(|c| use_mock(c, &mock)).await;
+    let url = a.app.config.database_url.clone();
+    let b = Gateway::start_on(Some(url), |c| use_mock(c, &mock)).await;
+    let token = a.register("two-replicas").await;
+    let body = json!({"message": "think hard"}).to_string();
+    // The answer runs on replica A; the upstream says nothing for 30 s.
+    let client = RawClient::send(
+        a.addr,
+        "POST",
+        "/api/chat",
+        Some(&token),
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    let id = client.header("x-message-id").unwrap();
+    let (status, _) = b
+        .json(
+            "POST",
+            &format!("/api/messages/{id}/stop"),
+            Some(&token),
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let stopped = a.wait_answer(&token, &id).await;
+    assert_eq!(stopped["status"], "stopped", "{stopped}");
+    assert_eq!(
+        stopped["content"], "",
+        "nothing was produced (the prompt, sent upstream, is billed)"
+    );
+    drop(client);
+}

@@ -151,6 +151,17 @@ pub async fn flush_content(
     Ok(result.rows_affected > 0)
 }
 
+/// Whether a stop was requested for answer `id` (from any replica).
+pub async fn stop_requested(db: &DatabaseConnection, id: &str) -> Result<bool, AppError> {
+    let flag: Option<bool> = message::Entity::find_by_id(id.to_string())
+        .select_only()
+        .column(message::Column::StopRequested)
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(flag.unwrap_or(false))
+}
+
 /// The final state of an answer.
 #[derive(Debug, Clone, Copy)]
 pub struct Finished<'a> {

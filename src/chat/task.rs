@@ -149,6 +149,9 @@ async fn drive(app: &App, job: &AnswerJob, progress: &mut Progress) -> Outcome {
                         Ok(false) => return Outcome::Stopped,
                         Err(e) => tracing::warn!(error = %e.msg(), "flushing an answer failed; will retry"),
                     }
+                } else if let Ok(true) = store::stop_requested(&app.db, &answer.message_id).await {
+                    // Nothing new to store (a silent upstream): look for a stop anyway.
+                    return Outcome::Stopped;
                 }
             }
         }

@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 
 use entity::{hold, ledger_entry, user};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, IsolationLevel,
+    QueryFilter, QuerySelect, TransactionTrait,
+};
 use serde::Serialize;
 
 use crate::error::AppError;
@@ -26,7 +29,9 @@ pub struct Report {
 
 /// Sums per user, computed in Rust from plain columns (portable across the three
 /// databases, whose `SUM` types differ).
-async fn sums(db: &DatabaseConnection) -> Result<(HashMap<i64, i64>, HashMap<i64, i64>), AppError> {
+async fn sums<C: ConnectionTrait>(
+    db: &C,
+) -> Result<(HashMap<i64, i64>, HashMap<i64, i64>), AppError> {
     let mut held = HashMap::new();
     let holds: Vec<(i64, i64)> = hold::Entity::find()
         .select_only()
@@ -53,15 +58,24 @@ async fn sums(db: &DatabaseConnection) -> Result<(HashMap<i64, i64>, HashMap<i64
     Ok((held, ledger))
 }
 
+/// Checks every user. The three reads share one snapshot (a repeatable-read transaction;
+/// on SQLite any read transaction is one), so a settlement committing meanwhile is seen
+/// entirely or not at all.
 pub async fn check(db: &DatabaseConnection) -> Result<Report, AppError> {
-    let (held, ledger) = sums(db).await?;
+    let isolation = match db.get_database_backend() {
+        DatabaseBackend::Sqlite => None,
+        _ => Some(IsolationLevel::RepeatableRead),
+    };
+    let txn = db.begin_with_config(isolation, None).await?;
+    let (held, ledger) = sums(&txn).await?;
     let users: Vec<(i64, i64)> = user::Entity::find()
         .select_only()
         .column(user::Column::Id)
         .column(user::Column::BalanceMicros)
         .into_tuple()
-        .all(db)
+        .all(&txn)
         .await?;
+    txn.commit().await?;
     let violations: Vec<Violation> = users
         .iter()
         .filter_map(|&(user_id, balance)| {
