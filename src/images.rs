@@ -17,9 +17,7 @@ use entity::file;
 use http::header::{CACHE_CONTROL, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -98,9 +96,8 @@ pub async fn generate(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     let started = Instant::now();
     let job_id = store::new_id();
     let day = app.config.today();
-    let txn = app.db.begin().await?;
-    let grant = holds::take(
-        &txn,
+    let grant = holds::take_alone(
+        &app.db,
         holds::Request {
             user: &user,
             message_id: &job_id,
@@ -112,7 +109,6 @@ pub async fn generate(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
         },
     )
     .await?;
-    txn.commit().await?;
 
     // The rest runs on a server task, so a client that gives up waiting (WeChat caps a
     // request at ~60 s) cannot leave the hold unsettled.

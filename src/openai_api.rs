@@ -15,7 +15,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CACHE_CONTROL, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use sea_orm::TransactionTrait;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -203,9 +202,8 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         .ok_or(AppError::Unauthorized("API 密钥无效或已撤销"))?;
     let day = app.config.today();
     let message_id = store::new_id();
-    let txn = app.db.begin().await?;
-    let grant = holds::take(
-        &txn,
+    let grant = holds::take_alone(
+        &app.db,
         holds::Request {
             user: &user,
             message_id: &message_id,
@@ -217,7 +215,6 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         },
     )
     .await?;
-    txn.commit().await?;
     let billing = Billing {
         hold: grant.hold,
         _permit: permit,

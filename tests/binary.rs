@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::{Child, Command};
 
-use common::{Binary, RawClient, parse_mp, parse_sse, spawn_binary};
+use common::{Binary, RawClient, call_json, parse_mp, parse_sse, spawn_binary};
 use serde_json::{Value, json};
 
 fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Binary {
@@ -24,24 +23,6 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
     child.wait().unwrap()
 }
 
-async fn json(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &Value,
-) -> (u16, Value) {
-    let body = body.to_string();
-    let resp = RawClient::send(addr, method, path, token, &[], body.as_bytes())
-        .await
-        .read_all()
-        .await;
-    (
-        resp.status,
-        serde_json::from_slice(&resp.body()).unwrap_or(Value::Null),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_user_runs_the_gateway_with_no_configuration() {
     let dir = tempfile::tempdir().unwrap();
@@ -50,7 +31,7 @@ async fn a_new_user_runs_the_gateway_with_no_configuration() {
         dir.path().join("chatgate.db").exists(),
         "SQLite file in the working directory"
     );
-    let (status, body) = json(
+    let (status, body) = call_json(
         gw.addr,
         "POST",
         "/api/auth/register",
@@ -109,7 +90,7 @@ async fn a_new_user_runs_the_gateway_with_no_configuration() {
     // Restarted on the same database: the login still works (the JWT secret was
     // stored) and the answer interrupted by the shutdown is complete.
     let mut gw = start(dir.path(), &[]);
-    let (status, stored) = json(
+    let (status, stored) = call_json(
         gw.addr,
         "GET",
         &format!("/api/messages/{id}"),

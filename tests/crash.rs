@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chatgate::mock_upstream::{MockConfig, MockUpstream};
-use common::{Binary, RawClient, databases, spawn_binary};
+use common::{Binary, RawClient, call_json, databases, spawn_binary};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "crash-admin";
@@ -30,6 +30,7 @@ fn start(dir: &std::path::Path, database_url: &str) -> Binary {
     )
 }
 
+/// `call_json` with a bearer token (`""` = none).
 async fn call(
     addr: SocketAddr,
     method: &str,
@@ -37,19 +38,14 @@ async fn call(
     token: &str,
     body: &Value,
 ) -> (u16, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let resp = RawClient::send(addr, method, path, Some(token), &[], body.as_bytes())
-        .await
-        .read_all()
-        .await;
-    (
-        resp.status,
-        serde_json::from_slice(&resp.body()).unwrap_or(Value::Null),
+    call_json(
+        addr,
+        method,
+        path,
+        Some(token).filter(|t| !t.is_empty()),
+        body,
     )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,15 @@ pub async fn take<C: ConnectionTrait>(db: &C, req: Request<'_>) -> Result<Grant,
     }
 }
 
+/// [`take`] in a transaction of its own, for answers that store nothing else with the
+/// hold (`/v1`, images).
+pub async fn take_alone(db: &DatabaseConnection, req: Request<'_>) -> Result<Grant, AppError> {
+    let txn = db.begin().await?;
+    let grant = take(&txn, req).await?;
+    txn.commit().await?;
+    Ok(grant)
+}
+
 fn quota_exhausted() -> AppError {
     AppError::Refused {
         reason: Refusal::QuotaExhausted,

@@ -186,16 +186,7 @@ impl Gateway {
         token: Option<&str>,
         body: &Value,
     ) -> (u16, Value) {
-        let body = if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        };
-        let resp = self.raw(method, path, token, &[], &body).await;
-        (
-            resp.status,
-            serde_json::from_slice(&resp.body()).unwrap_or(Value::Null),
-        )
+        call_json(self.addr, method, path, token, body).await
     }
 
     /// A request through the raw client: every HTTP chunk as the server wrote it.
@@ -257,6 +248,30 @@ impl Drop for Gateway {
             let _ = tx.send(());
         }
     }
+}
+
+/// A JSON request to any gateway (`Null` body = none); the status and the parsed body
+/// (`Null` when not JSON).
+pub async fn call_json(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    let resp = RawClient::send(addr, method, path, token, &[], &body)
+        .await
+        .read_all()
+        .await;
+    (
+        resp.status,
+        serde_json::from_slice(&resp.body()).unwrap_or(Value::Null),
+    )
 }
 
 pub struct RawResponse {
