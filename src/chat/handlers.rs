@@ -52,7 +52,49 @@ async fn start_chat(
     let user_id = app.tokens.user_of(req.headers())?;
     let body: ChatRequest =
         response::read_json(req.into_body(), app.config.limits.max_body_bytes).await?;
-    let question = body.message.trim();
+    let answer = start_turn(
+        app,
+        Turn {
+            user_id,
+            conversation_id: body.conversation_id.as_deref(),
+            question: &body.message,
+            model: body.model,
+        },
+    )
+    .await?;
+
+    // SSE clients learn of an upstream that never answered through a real HTTP
+    // status, so wait for the upstream to open before sending headers. Mini-program
+    // clients always get 200 and heartbeats meanwhile.
+    if framing == Framing::Sse
+        && let Phase::Ended(Ending::Failed {
+            error,
+            before_open: true,
+        }) = answer.opened().await
+    {
+        return Err(error);
+    }
+    let reader = answer.reader(framing, None, app.heartbeat());
+    Ok(stream_response(framing, &answer, reader))
+}
+
+/// One question from a user, from whichever door it came in (`/api/chat`, the
+/// Official Account bot).
+pub struct Turn<'a> {
+    pub user_id: i64,
+    /// Continue this conversation (the user's own); `None` or empty starts a new one.
+    pub conversation_id: Option<&'a str>,
+    pub question: &'a str,
+    /// `None`: the default model.
+    pub model: Option<String>,
+}
+
+/// Checks the question and the limits, takes the hold (or a free message) with the
+/// turn's rows in one transaction, and starts the answer task. The answer then lives on
+/// without whoever asked; a refusal stores nothing.
+pub async fn start_turn(app: &Arc<App>, turn: Turn<'_>) -> Result<Arc<Answer>, AppError> {
+    let user_id = turn.user_id;
+    let question = turn.question.trim();
     if question.is_empty() {
         return Err(AppError::bad_request("message 不能为空"));
     }
@@ -60,7 +102,7 @@ async fn start_chat(
     if question.chars().count() > max_chars {
         return Err(too_long(max_chars));
     }
-    let model = body.model.unwrap_or_else(|| app.config.default_model());
+    let model = turn.model.unwrap_or_else(|| app.config.default_model());
     if !app.config.has_model(&model) {
         return Err(AppError::NotFound("模型不存在"));
     }
@@ -70,7 +112,7 @@ async fn start_chat(
     app.limiter.check_chat(user_id)?;
 
     let (conversation_id, title, history, seq) =
-        match body.conversation_id.as_deref().filter(|c| !c.is_empty()) {
+        match turn.conversation_id.filter(|c| !c.is_empty()) {
             Some(id) => {
                 let conversation = store::conversation_of(&app.db, id, user_id)
                     .await?
@@ -149,20 +191,7 @@ async fn start_chat(
         },
         permit,
     );
-
-    // SSE clients learn of an upstream that never answered through a real HTTP
-    // status, so wait for the upstream to open before sending headers. Mini-program
-    // clients always get 200 and heartbeats meanwhile.
-    if framing == Framing::Sse
-        && let Phase::Ended(Ending::Failed {
-            error,
-            before_open: true,
-        }) = answer.opened().await
-    {
-        return Err(error);
-    }
-    let reader = answer.reader(framing, None, app.heartbeat());
-    Ok(stream_response(framing, &answer, reader))
+    Ok(answer)
 }
 
 fn too_long(max_chars: usize) -> AppError {
