@@ -72,6 +72,13 @@ impl App {
             }
         };
         let upstream = Upstream::new(&config).map_err(|e| StartError::Other(e.msg()))?;
+        let mut limiter = crate::limits::Limiter::new(&config.limits);
+        if let Some(url) = &config.redis_url {
+            limiter = limiter.share(
+                crate::limits::SharedLimits::new(url, &config.redis_prefix)
+                    .map_err(StartError::Other)?,
+            );
+        }
         crate::metrics::install();
         // Loading the tokenizer takes a moment; do it before the first question.
         tokio::task::spawn_blocking(crate::tokens::warm_up);
@@ -80,7 +87,7 @@ impl App {
             admin_token,
             admin_token_generated,
             upstream,
-            limiter: crate::limits::Limiter::new(&config.limits),
+            limiter,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
                 .build()

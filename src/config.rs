@@ -71,6 +71,9 @@ pub struct Config {
     pub jwt_ttl_secs: u64,
     pub admin_token: Option<String>,
     pub redis_url: Option<String>,
+    /// Prefix of every key the gateway writes to Redis (replicas of one deployment
+    /// share it; deployments sharing a Redis use different ones).
+    pub redis_prefix: String,
     /// Seconds between heartbeats while a client waits for the next token.
     pub heartbeat_secs: f64,
     /// How long answers in flight may take to finish when the gateway is asked to stop.
@@ -108,6 +111,7 @@ impl Default for Config {
             jwt_ttl_secs: 30 * 24 * 3600,
             admin_token: None,
             redis_url: None,
+            redis_prefix: "chatgate:".into(),
             heartbeat_secs: 5.0,
             shutdown_grace_secs: 30,
             answer_flush_secs: 1.0,

@@ -86,7 +86,7 @@ pub async fn generate(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
         request_micros: image_micros,
         ..ModelConfig::default()
     };
-    app.limiter.check_chat(user_id)?;
+    app.limiter.check_chat(user_id).await?;
     let user = users::by_id(&app.db, user_id)
         .await?
         .ok_or(AppError::Unauthorized("账号不存在，请重新登录"))?;

@@ -167,7 +167,7 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     }
     let price = app.config.model(&model);
     let permit = app.limiter.open_stream(user_id)?;
-    app.limiter.check_chat(user_id)?;
+    app.limiter.check_chat(user_id).await?;
     if body["n"].as_u64().is_some_and(|n| n > 1) {
         return Err(AppError::bad_request("`n` greater than 1 is not supported"));
     }

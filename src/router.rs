@@ -62,7 +62,7 @@ async fn route(
     // page's static files (no database, no upstream) do not, so loading the page is free.
     let counted = *method != Method::OPTIONS
         && matches!(segments.first(), Some(&("api" | "v1" | "admin" | "files")));
-    if counted && let Err(err) = app.limiter.check_ip(ip) {
+    if counted && let Err(err) = app.limiter.check_ip(ip).await {
         return refuse(&req, &segments, &err);
     }
     let result = match (method, segments.as_slice()) {

@@ -136,3 +136,139 @@ async fn chats_per_minute_and_open_answers_are_limited_per_user() {
         (Some(102), Some("rate_limited"))
     );
 }
+
+/// A fresh key prefix, so tests sharing one Redis never share counts.
+fn redis_for_test() -> Option<(String, String)> {
+    match std::env::var("CHATGATE_TEST_REDIS_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        Some(url) => Some((url, format!("cgtest:{}:", uuid::Uuid::new_v4().simple()))),
+        None => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "redis: skipped (CHATGATE_TEST_REDIS_URL is not set)"
+            );
+            None
+        }
+    }
+}
+
+/// Two replicas on one database: PostgreSQL when configured, else one SQLite file.
+async fn two_replicas(
+    redis: Option<(String, String)>,
+    chats_per_minute: u32,
+    ip_burst: u32,
+) -> (Gateway, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = match std::env::var("CHATGATE_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        Some(url) => common::fresh_database(&url).await,
+        None => format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("shared.db").display()
+        ),
+    };
+    let setup = |c: &mut chatgate::config::Config| {
+        c.limits.user_chats_per_minute = chats_per_minute;
+        c.limits.ip_per_second = 1;
+        c.limits.ip_burst = ip_burst;
+        if let Some((url, prefix)) = &redis {
+            c.redis_url = Some(url.clone());
+            c.redis_prefix = prefix.clone();
+        }
+    };
+    let a = Gateway::start_on(Some(db.clone()), setup).await;
+    let b = Gateway::start_on(Some(db), setup).await;
+    std::mem::forget(dir);
+    (a, b)
+}
+
+/// Chats alternately on both replicas; how many were admitted.
+async fn admitted_chats(a: &Gateway, b: &Gateway, token: &str, tries: usize) -> usize {
+    let mut admitted = 0;
+    for i in 0..tries {
+        let gw = if i % 2 == 0 { a } else { b };
+        let resp = gw.chat(token, &json!({"message": "hi"}), false).await;
+        match resp.status {
+            200 => admitted += 1,
+            429 => assert!(resp.header("retry-after").is_some()),
+            other => panic!("unexpected status {other}: {}", resp.text()),
+        }
+    }
+    admitted
+}
+
+#[tokio::test]
+async fn with_redis_a_per_user_rate_holds_across_replicas() {
+    let Some(redis) = redis_for_test() else {
+        return;
+    };
+    let (a, b) = two_replicas(Some(redis), 4, 1000).await;
+    assert!(a.app.limiter.shared_ok() && b.app.limiter.shared_ok());
+    let token = a.register("shared").await;
+    let started = std::time::Instant::now();
+    let admitted = admitted_chats(&a, &b, &token, 10).await;
+    // 4 a minute: one more for every 15 s the loop took.
+    let bound = 4 + (started.elapsed().as_secs() / 15) as usize;
+    assert!(
+        (4..=bound).contains(&admitted),
+        "{admitted} admitted: 4 a minute across both replicas, not 4 on each"
+    );
+    assert!(a.app.limiter.shared_ok(), "redis answered every check");
+
+    // Control: the same two replicas without Redis count separately.
+    let (c, d) = two_replicas(None, 4, 1000).await;
+    let token = c.register("apart").await;
+    assert_eq!(admitted_chats(&c, &d, &token, 10).await, 8);
+}
+
+#[tokio::test]
+async fn with_redis_a_per_address_rate_holds_across_replicas() {
+    let Some(redis) = redis_for_test() else {
+        return;
+    };
+    let (a, b) = two_replicas(Some(redis), 0, 4).await;
+    let started = std::time::Instant::now();
+    let served = served_by_address(&a, &b, 12).await;
+    // 1 a second after a burst of 4: at most one more per second the loop took.
+    let bound = 4 + started.elapsed().as_secs() as usize;
+    assert!(
+        (4..=bound).contains(&served),
+        "{served} served across both replicas (burst 4, bound {bound})"
+    );
+
+    // Control: without Redis each replica has its own burst.
+    let (c, d) = two_replicas(None, 0, 4).await;
+    assert!(served_by_address(&c, &d, 12).await >= 8);
+}
+
+/// Requests alternately on both replicas from one address; how many were served.
+async fn served_by_address(a: &Gateway, b: &Gateway, tries: usize) -> usize {
+    let mut served = 0;
+    for i in 0..tries {
+        let gw = if i % 2 == 0 { a } else { b };
+        match gw.raw("GET", "/api/me", None, &[], b"").await.status {
+            401 => served += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    served
+}
+
+#[tokio::test]
+async fn when_redis_is_down_limits_fall_back_to_each_replica_and_it_keeps_serving() {
+    // Nothing listens on port 1.
+    let gw = Gateway::start(|c| {
+        c.limits.user_chats_per_minute = 3;
+        c.redis_url = Some("redis://127.0.0.1:1".into());
+    })
+    .await;
+    let token = gw.register("fallback").await;
+    assert_eq!(admitted_chats(&gw, &gw, &token, 6).await, 3);
+    assert!(!gw.app.limiter.shared_ok(), "the fallback is visible");
+}

@@ -109,7 +109,7 @@ pub async fn start_turn(app: &Arc<App>, turn: Turn<'_>) -> Result<Arc<Answer>, A
     let price = app.config.model(&model);
     // A place among open answers first: a chat refused for that does not use up the rate.
     let permit = app.limiter.open_stream(user_id)?;
-    app.limiter.check_chat(user_id)?;
+    app.limiter.check_chat(user_id).await?;
 
     let (conversation_id, title, history, seq) =
         match turn.conversation_id.filter(|c| !c.is_empty()) {

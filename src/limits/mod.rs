@@ -3,12 +3,19 @@
 //! streams. Exceeding one is 102 `rate_limited` with a `Retry-After`.
 //!
 //! The rate limiters are governor's GCRA, generic over the clock so tests drive them
-//! with a fake one instead of sleeping.
+//! with a fake one instead of sleeping. With Redis configured, the per-address and
+//! per-user rates are decided in Redis (`redis.rs`) and so shared by every replica;
+//! the in-process limiters decide whenever Redis cannot.
+
+mod redis;
+
+pub use self::redis::{SharedLimits, Verdict};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
@@ -27,6 +34,10 @@ pub struct Limiter<C: Clock = DefaultClock> {
     /// `None` when the limit is switched off (0 in the config).
     per_ip: Option<Keyed<IpAddr, C>>,
     user_chats: Option<Keyed<i64, C>>,
+    /// The same two rates in Redis, when configured.
+    shared: Option<SharedLimits>,
+    ip_rate: (Duration, u32),
+    chat_rate: (Duration, u32),
     max_user_streams: u32,
     /// Answers open per user.
     user_streams: Arc<Mutex<HashMap<i64, u32>>>,
@@ -51,6 +62,13 @@ impl Drop for StreamPermit {
             }
         }
     }
+}
+
+const IP_MSG: &str = "请求过于频繁，请稍后再试";
+const CHAT_MSG: &str = "提问过于频繁，请稍后再试";
+
+fn ceil_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil() as u64
 }
 
 fn rate_limited(msg: &str, retry_after_secs: u64) -> AppError {
@@ -82,10 +100,23 @@ impl<C: Clock + Clone> Limiter<C> {
             0 => Semaphore::MAX_PERMITS,
             n => n as usize,
         };
+        let ip_burst = match limits.ip_burst {
+            0 => limits.ip_per_second,
+            b => b,
+        };
         Self {
             clock,
             per_ip,
             user_chats,
+            shared: None,
+            ip_rate: (
+                Duration::from_secs(1) / limits.ip_per_second.max(1),
+                ip_burst,
+            ),
+            chat_rate: (
+                Duration::from_secs(60) / limits.user_chats_per_minute.max(1),
+                limits.user_chats_per_minute,
+            ),
             max_user_streams: limits.user_concurrent_streams,
             user_streams: Arc::default(),
             upstream: Arc::new(Semaphore::new(upstream)),
@@ -112,14 +143,64 @@ impl<C: Clock + Clone> Limiter<C> {
         }
     }
 
-    /// One request from `ip`.
-    pub fn check_ip(&self, ip: IpAddr) -> Result<(), AppError> {
-        self.check(&self.per_ip, &ip, "请求过于频繁，请稍后再试")
+    /// Decides the per-address and per-user rates in Redis from now on.
+    pub fn share(mut self, shared: SharedLimits) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
-    /// One chat (or image, or API completion) of `user_id`.
-    pub fn check_chat(&self, user_id: i64) -> Result<(), AppError> {
-        self.check(&self.user_chats, &user_id, "提问过于频繁，请稍后再试")
+    /// Whether Redis decides (false without Redis, or while it is unreachable).
+    pub fn shared_ok(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| !s.degraded())
+    }
+
+    /// One request from `ip`, counted across replicas when Redis is configured.
+    pub async fn check_ip(&self, ip: IpAddr) -> Result<(), AppError> {
+        if self.per_ip.is_none() {
+            return Ok(());
+        }
+        match self.check_shared("ip", &ip.to_string(), self.ip_rate).await {
+            Some(result) => result.map_err(|wait| rate_limited(IP_MSG, ceil_secs(wait))),
+            None => self.check_ip_here(ip),
+        }
+    }
+
+    /// One chat (or image, or API completion) of `user_id`, counted across replicas
+    /// when Redis is configured.
+    pub async fn check_chat(&self, user_id: i64) -> Result<(), AppError> {
+        if self.user_chats.is_none() {
+            return Ok(());
+        }
+        match self
+            .check_shared("chat", &user_id.to_string(), self.chat_rate)
+            .await
+        {
+            Some(result) => result.map_err(|wait| rate_limited(CHAT_MSG, ceil_secs(wait))),
+            None => self.check_chat_here(user_id),
+        }
+    }
+
+    async fn check_shared(
+        &self,
+        name: &str,
+        key: &str,
+        (interval, burst): (Duration, u32),
+    ) -> Option<Result<(), Duration>> {
+        let shared = self.shared.as_ref()?;
+        match shared.check(name, key, interval, burst).await? {
+            Verdict::Admit => Some(Ok(())),
+            Verdict::Wait(wait) => Some(Err(wait)),
+        }
+    }
+
+    /// One request from `ip`, counted in this process only.
+    pub fn check_ip_here(&self, ip: IpAddr) -> Result<(), AppError> {
+        self.check(&self.per_ip, &ip, IP_MSG)
+    }
+
+    /// One chat of `user_id`, counted in this process only.
+    pub fn check_chat_here(&self, user_id: i64) -> Result<(), AppError> {
+        self.check(&self.user_chats, &user_id, CHAT_MSG)
     }
 
     /// A place for one more open answer of `user_id`, and one of the upstream streams.
@@ -203,23 +284,23 @@ mod tests {
         let l = Limiter::with_clock(&limits(), clock.clone());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..10 {
-            l.check_ip(ip).unwrap();
+            l.check_ip_here(ip).unwrap();
         }
-        let err = l.check_ip(ip).unwrap_err();
+        let err = l.check_ip_here(ip).unwrap_err();
         assert_eq!(
             (err.code(), err.status().as_u16(), err.reason()),
             (102, 429, Some("rate_limited"))
         );
         assert_eq!(err.retry_after_secs(), Some(1));
         // Another address is not affected.
-        l.check_ip("10.0.0.2".parse().unwrap()).unwrap();
+        l.check_ip_here("10.0.0.2".parse().unwrap()).unwrap();
         // 5 per second: after 200 ms one more fits, not two.
         clock.advance(Duration::from_millis(200));
-        l.check_ip(ip).unwrap();
-        assert!(l.check_ip(ip).is_err());
+        l.check_ip_here(ip).unwrap();
+        assert!(l.check_ip_here(ip).is_err());
         clock.advance(Duration::from_secs(2));
         for _ in 0..10 {
-            l.check_ip(ip).unwrap();
+            l.check_ip_here(ip).unwrap();
         }
     }
 
@@ -228,18 +309,18 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let l = Limiter::with_clock(&limits(), clock.clone());
         for _ in 0..20 {
-            l.check_chat(7).unwrap();
+            l.check_chat_here(7).unwrap();
         }
-        let err = l.check_chat(7).unwrap_err();
+        let err = l.check_chat_here(7).unwrap_err();
         assert_eq!(
             err.retry_after_secs(),
             Some(3),
             "20 a minute: one every 3 s"
         );
-        l.check_chat(8).unwrap();
+        l.check_chat_here(8).unwrap();
         clock.advance(Duration::from_secs(3));
-        l.check_chat(7).unwrap();
-        assert!(l.check_chat(7).is_err());
+        l.check_chat_here(7).unwrap();
+        assert!(l.check_chat_here(7).is_err());
     }
 
     #[test]
@@ -270,8 +351,8 @@ mod tests {
         let l = Limiter::with_clock(&off, FakeRelativeClock::default());
         let permits: Vec<_> = (0..100).map(|_| l.open_stream(1).unwrap()).collect();
         for _ in 0..1000 {
-            l.check_ip("10.0.0.1".parse().unwrap()).unwrap();
-            l.check_chat(1).unwrap();
+            l.check_ip_here("10.0.0.1".parse().unwrap()).unwrap();
+            l.check_chat_here(1).unwrap();
         }
         drop(permits);
     }
