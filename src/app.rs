@@ -22,6 +22,8 @@ pub struct App {
     pub upstream: Upstream,
     /// Rate limits and caps on open answers.
     pub limiter: crate::limits::Limiter,
+    /// Words refused in questions and cut from answers.
+    pub words: crate::safety::WordList,
     /// For calls to WeChat's APIs.
     pub http: reqwest::Client,
     /// Answers streaming in this process.
@@ -72,6 +74,11 @@ impl App {
             }
         };
         let upstream = Upstream::new(&config).map_err(|e| StartError::Other(e.msg()))?;
+        let words = config
+            .safety
+            .all_words()
+            .and_then(|w| crate::safety::WordList::new(&w))
+            .map_err(StartError::Other)?;
         let mut limiter = crate::limits::Limiter::new(&config.limits);
         if let Some(url) = &config.redis_url {
             limiter = limiter.share(
@@ -88,6 +95,7 @@ impl App {
             admin_token_generated,
             upstream,
             limiter,
+            words,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
                 .build()

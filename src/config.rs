@@ -95,6 +95,7 @@ pub struct Config {
     pub wechat: WechatConfig,
     pub wechat_pay: Option<toml::Table>,
     pub images: ImagesConfig,
+    pub safety: SafetyConfig,
     pub recharge_packages: Vec<toml::Table>,
 }
 
@@ -126,6 +127,7 @@ impl Default for Config {
             wechat: WechatConfig::default(),
             wechat_pay: None,
             images: ImagesConfig::default(),
+            safety: SafetyConfig::default(),
             recharge_packages: Vec::new(),
         }
     }
@@ -240,6 +242,49 @@ impl Default for ModelConfig {
             max_output_tokens: 4096,
             temperature: None,
         }
+    }
+}
+
+/// Content safety (`[safety]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SafetyConfig {
+    /// Words refused in questions and cut from answers (ASCII case ignored).
+    pub words: Vec<String>,
+    /// A file with more words, one per line (`#` starts a comment line).
+    pub words_file: Option<std::path::PathBuf>,
+    /// Check mini-program users' questions with WeChat's `msg_sec_check` v2.
+    pub msg_sec_check: bool,
+    /// When `msg_sec_check` cannot answer: serve anyway (true) or refuse (false).
+    pub fail_open: bool,
+}
+
+impl Default for SafetyConfig {
+    fn default() -> Self {
+        Self {
+            words: Vec::new(),
+            words_file: None,
+            msg_sec_check: false,
+            fail_open: true,
+        }
+    }
+}
+
+impl SafetyConfig {
+    /// The configured words and those of `words_file`.
+    pub fn all_words(&self) -> Result<Vec<String>, String> {
+        let mut words = self.words.clone();
+        if let Some(path) = &self.words_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("safety.words_file {}: {e}", path.display()))?;
+            words.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        }
+        Ok(words)
     }
 }
 

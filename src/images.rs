@@ -59,6 +59,7 @@ pub async fn generate(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
             retry_after_secs: None,
         });
     }
+    app.words.check_input(prompt)?;
     let size = body
         .size
         .unwrap_or_else(|| app.config.images.default_size.clone());

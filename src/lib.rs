@@ -46,6 +46,7 @@ pub mod mock_upstream;
 pub mod openai_api;
 pub mod response;
 pub mod router;
+pub mod safety;
 pub mod server;
 pub mod sweep;
 pub mod tokens;

@@ -160,6 +160,9 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         .ok_or_else(|| AppError::bad_request("`model` is required"))?
         .to_string();
     let messages = prompt_messages(&body["messages"])?;
+    for m in messages.iter().filter(|m| m.role == "user") {
+        app.words.check_input(&m.content)?;
+    }
     if !app.config.has_model(&model) {
         return Err(AppError::NotFound(
             "The model does not exist or you do not have access to it.",

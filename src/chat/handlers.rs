@@ -102,6 +102,7 @@ pub async fn start_turn(app: &Arc<App>, turn: Turn<'_>) -> Result<Arc<Answer>, A
     if question.chars().count() > max_chars {
         return Err(too_long(max_chars));
     }
+    app.words.check_input(question)?;
     let model = turn.model.unwrap_or_else(|| app.config.default_model());
     if !app.config.has_model(&model) {
         return Err(AppError::NotFound("模型不存在"));

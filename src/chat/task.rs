@@ -18,6 +18,7 @@ use crate::error::AppError;
 use crate::ledger::holds::{self, Hold, Settlement};
 use crate::ledger::pricing;
 use crate::limits::StreamPermit;
+use crate::safety::{OutputGate, Verdict};
 use crate::upstream::UpstreamRequest;
 use crate::upstream::chunk::{self, Chunk, Usage};
 
@@ -34,15 +35,21 @@ pub struct AnswerJob {
 enum Outcome {
     Completed,
     Stopped,
-    Failed { error: AppError, before_open: bool },
+    Failed {
+        error: AppError,
+        before_open: bool,
+    },
+    /// Cut before a listed word: billed for what was shown, ends with 102.
+    Blocked,
 }
 
 /// What the upstream told us along the way.
-#[derive(Default)]
-struct Progress {
+struct Progress<'a> {
     usage: Option<Usage>,
     channel: String,
     first_content: Option<Instant>,
+    /// Holds the answer's tail back until it cannot begin a listed word.
+    gate: OutputGate<'a>,
 }
 
 /// Registers the answer and starts its task on the server's tracker.
@@ -60,7 +67,12 @@ async fn run(app: Arc<App>, job: AnswerJob, permit: StreamPermit) {
     let answer = Arc::clone(&job.answer);
     metrics::gauge!(crate::metrics::OPEN_ANSWERS).increment(1.0);
     let max = Duration::from_secs(app.config.limits.max_answer_secs);
-    let mut progress = Progress::default();
+    let mut progress = Progress {
+        usage: None,
+        channel: String::new(),
+        first_content: None,
+        gate: app.words.gate(),
+    };
     let outcome = tokio::select! {
         biased;
         _ = answer.stop.cancelled() => Outcome::Stopped,
@@ -70,6 +82,8 @@ async fn run(app: Arc<App>, job: AnswerJob, permit: StreamPermit) {
         }
         outcome = drive(&app, &job, &mut progress) => outcome,
     };
+    // However it ended, what the gate holds was checked: it belongs to the answer.
+    progress.gate.flush(|raw, text| answer.push(raw, text));
     drop(permit);
     if let Outcome::Failed {
         before_open: false, ..
@@ -94,7 +108,7 @@ async fn run(app: Arc<App>, job: AnswerJob, permit: StreamPermit) {
     app.answers.remove(&answer.message_id);
 }
 
-async fn drive(app: &App, job: &AnswerJob, progress: &mut Progress) -> Outcome {
+async fn drive(app: &App, job: &AnswerJob, progress: &mut Progress<'_>) -> Outcome {
     let answer = &job.answer;
     let mut source = match app.upstream.open(&job.request).await {
         Ok(source) => source,
@@ -125,7 +139,11 @@ async fn drive(app: &App, job: &AnswerJob, progress: &mut Progress) -> Outcome {
                         if !text.is_empty() && progress.first_content.is_none() {
                             progress.first_content = Some(Instant::now());
                         }
-                        answer.push(event.data.clone(), text);
+                        let shown = progress.gate.offer(event.data.clone(), text, |raw, text| answer.push(raw, text));
+                        if shown == Verdict::Blocked {
+                            tracing::info!(message_id = %answer.message_id, "answer cut at a listed word");
+                            return Outcome::Blocked;
+                        }
                     }
                     Ok(Chunk::Error { message }) => {
                         tracing::warn!(channel = %progress.channel, %message, "upstream sent an error mid-answer");
@@ -162,29 +180,35 @@ async fn finish(
     app: &App,
     job: &AnswerJob,
     outcome: Outcome,
-    progress: &Progress,
+    progress: &Progress<'_>,
     started: Instant,
 ) {
     let answer = &job.answer;
     let content = answer.content();
+    let blocked = matches!(outcome, Outcome::Blocked);
     let (status, failure) = match outcome {
         Outcome::Completed => (store::DONE, None),
         Outcome::Stopped => (store::STOPPED, None),
         Outcome::Failed { error, before_open } => (store::FAILED, Some((error, before_open))),
+        Outcome::Blocked => (store::STOPPED, Some((crate::safety::blocked(), false))),
     };
     // Cost from the upstream's usage numbers, else from our own count of what was
-    // received. A failed answer costs nothing.
+    // received. A failed answer costs nothing; a cut one costs what was shown.
     let prompt_tokens = job.hold.prompt_tokens;
-    let usage = progress.usage.unwrap_or_else(|| {
+    let counted = || {
         let completion_tokens = crate::tokens::count(&content);
         Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
         }
-    });
+    };
+    let usage = match progress.usage {
+        Some(usage) if !blocked => usage,
+        _ => counted(),
+    };
     // Stopped before any upstream answered: nothing was produced, nothing is billed.
-    let failed = failure.is_some() || progress.channel.is_empty();
+    let failed = (failure.is_some() && !blocked) || progress.channel.is_empty();
     let cost_micros = if failed {
         0
     } else {
