@@ -93,6 +93,7 @@ async fn run(args: &Args, mock: &MockUpstream, url: &str) -> Result<Vec<f64>, Er
             priority: 0,
             weight: 1,
             include_usage: true,
+            proxy: None,
         }],
         models: [(
             "m".to_string(),

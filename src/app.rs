@@ -73,7 +73,7 @@ impl App {
                     .0
             }
         };
-        let upstream = Upstream::new(&config).map_err(|e| StartError::Other(e.msg()))?;
+        let upstream = Upstream::new(&config).map_err(StartError::Other)?;
         let words = config
             .safety
             .all_words()

@@ -208,6 +208,10 @@ pub struct Channel {
     /// Ask the upstream for usage numbers (`stream_options.include_usage`).
     #[serde(default = "yes")]
     pub include_usage: bool,
+    /// Outbound proxy for this channel: `http://host:port`, `https://…`,
+    /// `socks5://host:port` (names resolved here) or `socks5h://…` (by the proxy).
+    #[serde(default)]
+    pub proxy: Option<String>,
 }
 
 fn one() -> u32 {
@@ -417,6 +421,7 @@ impl Config {
                     priority: 0,
                     weight: 1,
                     include_usage: true,
+                    proxy: None,
                 }];
             }
             None if keys.is_some() => {

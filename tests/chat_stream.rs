@@ -25,6 +25,7 @@ fn use_mock(config: &mut Config, mock: &MockUpstream) {
         priority: 0,
         weight: 1,
         include_usage: true,
+        proxy: None,
     }];
     config.models.insert(
         MODEL.into(),
@@ -357,6 +358,7 @@ async fn upstream_failures_are_code_11000_in_both_framings() {
             priority: 0,
             weight: 1,
             include_usage: true,
+            proxy: None,
         }];
     })
     .await;

@@ -23,6 +23,7 @@ fn channel(name: &str, base_url: String, keys: &[&str], priority: i32) -> Channe
         priority,
         weight: 1,
         include_usage: true,
+        proxy: None,
     }
 }
 
@@ -159,4 +160,81 @@ async fn a_hang_before_the_first_byte_and_a_stall_mid_stream_hit_their_timeouts(
         "what was sent before the stall is kept"
     );
     gw.assert_ledger_ok().await;
+}
+
+/// A minimal SOCKS5 proxy (no auth, CONNECT only) that sends every connection to
+/// `target` and records the host names it was asked for.
+async fn socks5_proxy(
+    target: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 2];
+                client.read_exact(&mut head).await.unwrap();
+                let mut methods = vec![0u8; head[1] as usize];
+                client.read_exact(&mut methods).await.unwrap();
+                client.write_all(&[5, 0]).await.unwrap();
+                let mut req = [0u8; 4];
+                client.read_exact(&mut req).await.unwrap();
+                assert_eq!(&req[..3], &[5, 1, 0], "a CONNECT request");
+                let host = match req[3] {
+                    3 => {
+                        let len = client.read_u8().await.unwrap();
+                        let mut name = vec![0u8; len as usize];
+                        client.read_exact(&mut name).await.unwrap();
+                        String::from_utf8(name).unwrap()
+                    }
+                    1 => {
+                        let mut ip = [0u8; 4];
+                        client.read_exact(&mut ip).await.unwrap();
+                        std::net::Ipv4Addr::from(ip).to_string()
+                    }
+                    other => panic!("address type {other}"),
+                };
+                let _port = client.read_u16().await.unwrap();
+                seen.lock().unwrap().push(host);
+                client
+                    .write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+                    .await
+                    .unwrap();
+                let mut upstream = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (addr, asked)
+}
+
+#[tokio::test]
+async fn a_channel_reaches_its_upstream_through_its_http_or_socks5_proxy() {
+    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let (socks, asked) = socks5_proxy(mock.addr()).await;
+    // `.invalid` never resolves: an answer proves the request went through the proxy.
+    let mut via_http = channel("via-http", "http://upstream.invalid/v1".into(), &["k"], 0);
+    via_http.proxy = Some(format!("http://{}", mock.addr()));
+    let mut via_socks = channel("via-socks", "http://socks.invalid/v1".into(), &["k"], 1);
+    via_socks.proxy = Some(format!("socks5h://{socks}"));
+    for (name, ch) in [("http", via_http), ("socks5", via_socks)] {
+        let gw = Gateway::start(|c| c.channels = vec![ch]).await;
+        let token = gw.register("proxied").await;
+        let resp = gw.chat(&token, &json!({"message": name}), true).await;
+        assert_eq!(
+            parse_mp(&resp.chunks).content,
+            mock_upstream::answer_for(name),
+            "served through the {name} proxy"
+        );
+    }
+    assert_eq!(mock.requests().len(), 2);
+    assert_eq!(*asked.lock().unwrap(), vec!["socks.invalid".to_string()]);
 }

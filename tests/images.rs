@@ -23,6 +23,7 @@ async fn images_are_kept_served_billed_once_and_expire() {
             priority: 0,
             weight: 1,
             include_usage: true,
+            proxy: None,
         }];
         c.models.insert(
             "dall-e-3".into(),

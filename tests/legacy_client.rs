@@ -56,6 +56,7 @@ async fn the_legacy_client_assembles_the_exact_answer() {
             priority: 0,
             weight: 1,
             include_usage: true,
+            proxy: None,
         }];
         c.default_model = Some("gpt-4o-mini".into());
     })

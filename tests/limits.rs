@@ -84,6 +84,7 @@ async fn chats_per_minute_and_open_answers_are_limited_per_user() {
             priority: 0,
             weight: 1,
             include_usage: true,
+            proxy: None,
         }];
         c.default_model = Some("gpt-4o-mini".into());
         c.limits.user_concurrent_streams = 2;

@@ -26,6 +26,7 @@ fn priced(config: &mut Config, mock: &MockUpstream) {
         priority: 0,
         weight: 1,
         include_usage: true,
+        proxy: None,
     }];
     config.models.insert(
         MODEL.into(),

@@ -27,6 +27,7 @@ async fn setup(mock_config: MockConfig) -> (Gateway, MockUpstream) {
             priority: 0,
             weight: 1,
             include_usage: true,
+            proxy: None,
         }];
         c.models.insert(
             MODEL.into(),

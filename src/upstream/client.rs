@@ -1,7 +1,9 @@
-//! Opening an answer on an upstream: channels tried in priority order, keys rotated
-//! round-robin, failover before the first byte, and the timeouts (connect, first byte,
-//! idle between pieces).
+//! Opening an answer on an upstream: channels tried in priority order (channels of one
+//! priority share the first attempts by weight), keys rotated round-robin, failover
+//! before the first byte, per-channel outbound proxies, and the timeouts (connect,
+//! first byte, idle between pieces).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -18,7 +20,11 @@ use crate::error::AppError;
 /// so one connection pool) for all of them.
 pub struct Upstream {
     client: reqwest::Client,
+    /// Sorted by priority.
     channels: Vec<ChannelState>,
+    /// Smooth weighted round-robin state of each group of channels sharing a priority:
+    /// (index range in `channels`, current weights).
+    groups: Vec<(std::ops::Range<usize>, Mutex<Vec<i64>>)>,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
     demo_delay: Duration,
@@ -26,6 +32,8 @@ pub struct Upstream {
 
 struct ChannelState {
     config: Channel,
+    /// This channel's own client when it goes through a proxy.
+    client: Option<reqwest::Client>,
     /// Round-robin position in the key pool.
     next_key: AtomicUsize,
     /// Keys that answered 401: out of rotation until the gateway restarts.
@@ -52,26 +60,49 @@ pub struct KeyStatus {
 }
 
 impl Upstream {
-    pub fn new(config: &Config) -> Result<Self, AppError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(secs(config.upstream.connect_timeout_secs))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(AppError::internal)?;
-        let mut channels: Vec<ChannelState> = config
-            .channels
-            .iter()
-            .map(|c| ChannelState {
+    /// Builds the pool; an error is one line naming what is wrong.
+    pub fn new(config: &Config) -> Result<Self, String> {
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(secs(config.upstream.connect_timeout_secs))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .tcp_nodelay(true)
+        };
+        let client = builder().build().map_err(|e| e.to_string())?;
+        let mut channels = Vec::with_capacity(config.channels.len());
+        for c in &config.channels {
+            let client = match &c.proxy {
+                Some(url) => {
+                    let bad = |e: reqwest::Error| format!("channel {}: proxy {url}: {e}", c.name);
+                    let proxy = reqwest::Proxy::all(url).map_err(bad)?;
+                    Some(builder().proxy(proxy).build().map_err(bad)?)
+                }
+                None => None,
+            };
+            channels.push(ChannelState {
                 config: c.clone(),
+                client,
                 next_key: AtomicUsize::new(0),
                 revoked: c.api_keys.iter().map(|_| AtomicBool::new(false)).collect(),
-            })
-            .collect();
+            });
+        }
         channels.sort_by_key(|c| c.config.priority);
+        let mut groups = Vec::new();
+        let mut start = 0;
+        while start < channels.len() {
+            let priority = channels[start].config.priority;
+            let end = start
+                + channels[start..]
+                    .iter()
+                    .take_while(|c| c.config.priority == priority)
+                    .count();
+            groups.push((start..end, Mutex::new(vec![0; end - start])));
+            start = end;
+        }
         Ok(Self {
             client,
             channels,
+            groups,
             first_byte_timeout: secs(config.upstream.first_byte_timeout_secs),
             idle_timeout: secs(config.upstream.idle_timeout_secs),
             demo_delay: Duration::from_millis(config.demo_chunk_delay_ms),
@@ -146,7 +177,7 @@ impl Upstream {
         stream: bool,
     ) -> Result<(reqwest::Response, String), AppError> {
         let mut last_error = AppError::NotFound("模型不存在");
-        for channel in self.channels.iter().filter(|c| c.serves(model)) {
+        for channel in self.order(model) {
             let mut body = body.clone();
             if stream && channel.config.include_usage {
                 body["stream_options"] = json!({ "include_usage": true });
@@ -188,7 +219,8 @@ impl Upstream {
         key: Option<usize>,
     ) -> Result<reqwest::Response, Failure> {
         let url = format!("{}/{path}", channel.config.base_url.trim_end_matches('/'));
-        let mut request = self.client.post(&url).json(body);
+        let client = channel.client.as_ref().unwrap_or(&self.client);
+        let mut request = client.post(&url).json(body);
         if let Some(k) = key {
             request = request.bearer_auth(&channel.config.api_keys[k]);
         }
@@ -221,6 +253,36 @@ impl Upstream {
             }
             _ => Failure::Final(upstream_error(false, "上游服务拒绝了该请求")),
         })
+    }
+
+    /// The channels serving `model`, in the order to try them: by priority; within one
+    /// priority the first is picked by smooth weighted round-robin (over many requests
+    /// each channel leads in proportion to its weight), the rest follow by weight.
+    fn order(&self, model: &str) -> Vec<&ChannelState> {
+        let mut order = Vec::with_capacity(self.channels.len());
+        for (range, current) in &self.groups {
+            let mut group: Vec<usize> = range
+                .clone()
+                .filter(|&i| self.channels[i].serves(model))
+                .collect();
+            if group.len() > 1 {
+                let weight = |i: usize| i64::from(self.channels[i].config.weight.max(1));
+                let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
+                let total: i64 = group.iter().map(|&i| weight(i)).sum();
+                for &i in &group {
+                    current[i - range.start] += weight(i);
+                }
+                let lead = group
+                    .iter()
+                    .copied()
+                    .max_by_key(|&i| (current[i - range.start], std::cmp::Reverse(i)))
+                    .unwrap_or(range.start);
+                current[lead - range.start] -= total;
+                group.sort_by_key(|&i| (i != lead, std::cmp::Reverse(weight(i)), i));
+            }
+            order.extend(group.into_iter().map(|i| &self.channels[i]));
+        }
+        order
     }
 
     /// Every key of every channel and whether it is still in rotation.
@@ -319,5 +381,72 @@ impl HttpEvents {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn channel(name: &str, priority: i32, weight: u32, models: &[&str]) -> Channel {
+        Channel {
+            name: name.into(),
+            base_url: "http://127.0.0.1:9/v1".into(),
+            api_keys: vec![],
+            models: models.iter().map(|m| m.to_string()).collect(),
+            priority,
+            weight,
+            include_usage: true,
+            proxy: None,
+        }
+    }
+
+    #[test]
+    fn channels_of_one_priority_lead_in_proportion_to_their_weight() {
+        let config = Config {
+            channels: vec![
+                channel("backup", 1, 5, &[]),
+                channel("big", 0, 3, &[]),
+                channel("small", 0, 1, &[]),
+                channel("other-model", 0, 9, &["x"]),
+            ],
+            ..Config::default()
+        };
+        let up = Upstream::new(&config).unwrap();
+        let mut leads: HashMap<String, usize> = HashMap::new();
+        for _ in 0..400 {
+            let order: Vec<&str> = up
+                .order("m")
+                .iter()
+                .map(|c| c.config.name.as_str())
+                .collect();
+            assert_eq!(order.len(), 3, "{order:?}");
+            assert_eq!(order[2], "backup", "lower priority always after: {order:?}");
+            *leads.entry(order[0].to_string()).or_default() += 1;
+        }
+        assert_eq!((leads["big"], leads["small"]), (300, 100), "{leads:?}");
+        // Smooth: the light channel is never starved for long.
+        let firsts: Vec<String> = (0..8)
+            .map(|_| up.order("m")[0].config.name.clone())
+            .collect();
+        assert!(
+            firsts.windows(4).all(|w| w.iter().any(|n| n == "small")),
+            "{firsts:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_proxy_url_is_a_clear_start_error() {
+        let mut c = channel("p", 0, 1, &[]);
+        c.proxy = Some("::not a url".into());
+        let err = Upstream::new(&Config {
+            channels: vec![c],
+            ..Config::default()
+        })
+        .err()
+        .unwrap();
+        assert!(err.contains("channel p: proxy"), "{err}");
     }
 }
