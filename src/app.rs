@@ -108,6 +108,16 @@ impl App {
         }))
     }
 
+    /// Runs `work` on the server's tracker (shutdown waits for it), in the span of the
+    /// request that started it, so its log lines carry that request's id.
+    pub fn spawn<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        use tracing::Instrument;
+        self.tasks.spawn(work.instrument(tracing::Span::current()));
+    }
+
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs_f64(self.config.heartbeat_secs)
     }

@@ -116,7 +116,7 @@ pub async fn generate(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     let task_app = Arc::clone(app);
     let prompt = prompt.to_string();
-    app.tasks.spawn(async move {
+    app.spawn(async move {
         let app = task_app;
         let produced = produce(&app, &model, &prompt, &size).await;
         let stored = match produced {

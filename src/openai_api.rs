@@ -241,7 +241,7 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     // moment stops the upstream, but can never leave the hold unsettled.
     let (reply_tx, reply_rx) = oneshot::channel();
     let task_app = Arc::clone(app);
-    app.tasks.spawn(async move {
+    app.spawn(async move {
         let job = Job {
             body,
             messages,

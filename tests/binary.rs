@@ -61,13 +61,30 @@ async fn a_new_user_runs_the_gateway_with_no_configuration() {
         "POST",
         "/api/chat",
         Some(&token),
-        &[],
+        &[("x-request-id", "trace-me-42")],
         body.as_bytes(),
     )
     .await
     .read_all()
     .await;
     assert_eq!(parse_sse(&sse.body()).content, expected);
+    assert_eq!(sse.header("x-request-id"), Some("trace-me-42"));
+    // The answer's own log line (written by its task, after the response began)
+    // carries the id of the request that started it.
+    let finished = || {
+        gw.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("answer finished") && l.contains("trace-me-42"))
+    };
+    for _ in 0..100 {
+        if finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(finished(), "{:#?}", gw.log.lock().unwrap());
 
     // SIGTERM while an answer streams: the answer finishes, then the process exits 0.
     let mut client = RawClient::send(

@@ -284,8 +284,7 @@ async fn resume(
     if row.status == store::STREAMING {
         let app = Arc::clone(app);
         let follower = Arc::clone(&answer);
-        app.tasks
-            .clone()
+        app.clone()
             .spawn(async move { follow_stored(&app, &follower).await });
     } else {
         answer.end(stored_ending(app, &row).await);

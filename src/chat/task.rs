@@ -58,8 +58,7 @@ struct Progress<'a> {
 pub fn spawn(app: &Arc<App>, job: AnswerJob, permit: StreamPermit) {
     app.answers.insert(Arc::clone(&job.answer));
     let app = Arc::clone(app);
-    let tasks = app.tasks.clone();
-    tasks.spawn(run(app, job, permit));
+    app.clone().spawn(run(app, job, permit));
 }
 
 async fn run(app: Arc<App>, job: AnswerJob, permit: StreamPermit) {

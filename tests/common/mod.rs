@@ -550,6 +550,8 @@ pub fn parse_sse(body: &[u8]) -> SseStream {
 pub struct Binary {
     pub child: std::process::Child,
     pub addr: std::net::SocketAddr,
+    /// Every line the binary has logged so far.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Binary {
@@ -577,10 +579,13 @@ pub fn spawn_binary(dir: &std::path::Path, env: &[(&str, &str)]) -> Binary {
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = Arc::clone(&log);
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
+            lines.lock().unwrap().push(line.clone());
             if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
                 let _ = tx.send(rest.split_whitespace().next().unwrap().parse().unwrap());
                 sent = true;
@@ -590,5 +595,5 @@ pub fn spawn_binary(dir: &std::path::Path, env: &[(&str, &str)]) -> Binary {
     let addr = rx
         .recv_timeout(Duration::from_secs(120))
         .expect("the binary logs its address");
-    Binary { child, addr }
+    Binary { child, addr, log }
 }
