@@ -87,6 +87,9 @@ impl App {
             );
         }
         crate::metrics::install();
+        crate::response::set_body_read_timeout(Duration::from_secs(
+            config.limits.body_read_timeout_secs,
+        ));
         // Loading the tokenizer takes a moment; do it before the first question.
         tokio::task::spawn_blocking(crate::tokens::warm_up);
         Ok(Arc::new(Self {

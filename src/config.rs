@@ -144,6 +144,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_message_chars: usize,
     pub header_read_timeout_secs: u64,
+    /// How long a request body may take to arrive.
+    pub body_read_timeout_secs: u64,
     /// An answer nobody stops is cut after this.
     pub max_answer_secs: u64,
     /// Open client connections at most; more are turned away.
@@ -163,6 +165,7 @@ impl Default for Limits {
             max_body_bytes: 1 << 20,
             max_message_chars: 8000,
             header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
             max_answer_secs: 600,
             max_connections: 20_000,
             trusted_proxies: Vec::new(),

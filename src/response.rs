@@ -2,6 +2,7 @@
 //! empty responses, streaming bodies, and reading a request body under a cap.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -69,8 +70,22 @@ pub fn error(err: &AppError) -> Response<Body> {
 }
 
 /// Reads the whole request body, refusing more than `max` bytes.
+/// How long a request body may take to arrive (a client trickling its body is cut
+/// off like one trickling its headers). Set once at start-up from
+/// `limits.body_read_timeout_secs`; process-wide, as the body readers have no config.
+static BODY_READ_TIMEOUT_MS: AtomicU64 = AtomicU64::new(30_000);
+
+pub fn set_body_read_timeout(timeout: std::time::Duration) {
+    BODY_READ_TIMEOUT_MS.store(timeout.as_millis() as u64, Ordering::Relaxed);
+}
+
 pub async fn read_body(body: Incoming, max: usize) -> Result<Bytes, AppError> {
-    match Limited::new(body, max).collect().await {
+    let timeout = std::time::Duration::from_millis(BODY_READ_TIMEOUT_MS.load(Ordering::Relaxed));
+    let Ok(collected) = tokio::time::timeout(timeout, Limited::new(body, max).collect()).await
+    else {
+        return Err(AppError::bad_request("请求体发送超时"));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(AppError::bad_request(
             format!("请求体过大（上限 {max} 字节）"),
