@@ -22,8 +22,10 @@ pub struct App {
     pub upstream: Upstream,
     /// Rate limits and caps on open answers.
     pub limiter: crate::limits::Limiter,
-    /// For calls to WeChat's APIs.
+    /// For calls to WeChat's APIs (and WeChat Pay's).
     pub http: reqwest::Client,
+    /// WeChat Pay API v3 with its keys; `None` when `[wechat_pay]` is not configured.
+    pub pay: Option<crate::pay::WechatPay>,
     /// Answers streaming in this process.
     pub answers: AnswerRegistry,
     /// Every answer task, so shutdown can wait for them.
@@ -72,6 +74,17 @@ impl App {
             }
         };
         let upstream = Upstream::new(&config).map_err(|e| StartError::Other(e.msg()))?;
+        // Configs built in code (tests, embedders) skip `Config::load`'s validation.
+        config
+            .validate_pay()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let pay = match &config.wechat_pay {
+            Some(pay) => Some(
+                crate::pay::WechatPay::load(pay, &config.wechat.pay_api_base)
+                    .map_err(StartError::Other)?,
+            ),
+            None => None,
+        };
         crate::metrics::install();
         // Loading the tokenizer takes a moment; do it before the first question.
         tokio::task::spawn_blocking(crate::tokens::warm_up);
@@ -85,6 +98,7 @@ impl App {
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .map_err(|e| StartError::Other(e.to_string()))?,
+            pay,
             answers: AnswerRegistry::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
