@@ -24,8 +24,10 @@ pub struct App {
     pub limiter: crate::limits::Limiter,
     /// Words refused in questions and cut from answers.
     pub words: crate::safety::WordList,
-    /// For calls to WeChat's APIs.
+    /// For calls to WeChat's APIs (and WeChat Pay's).
     pub http: reqwest::Client,
+    /// WeChat Pay API v3 with its keys; `None` when `[wechat_pay]` is not configured.
+    pub pay: Option<crate::pay::WechatPay>,
     /// Answers streaming in this process.
     pub answers: AnswerRegistry,
     /// Every answer task, so shutdown can wait for them.
@@ -86,6 +88,17 @@ impl App {
                     .map_err(StartError::Other)?,
             );
         }
+        // Configs built in code (tests, embedders) skip `Config::load`'s validation.
+        config
+            .validate_pay()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let pay = match &config.wechat_pay {
+            Some(pay) => Some(
+                crate::pay::WechatPay::load(pay, &config.wechat.pay_api_base)
+                    .map_err(StartError::Other)?,
+            ),
+            None => None,
+        };
         crate::metrics::install();
         crate::response::set_body_read_timeout(Duration::from_secs(
             config.limits.body_read_timeout_secs,
@@ -103,6 +116,7 @@ impl App {
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .map_err(|e| StartError::Other(e.to_string()))?,
+            pay,
             answers: AnswerRegistry::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),

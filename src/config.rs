@@ -93,10 +93,12 @@ pub struct Config {
     pub channels: Vec<Channel>,
     pub models: BTreeMap<String, ModelConfig>,
     pub wechat: WechatConfig,
-    pub wechat_pay: Option<toml::Table>,
+    /// WeChat Pay API v3; online recharge is off without it.
+    pub wechat_pay: Option<WechatPayConfig>,
     pub images: ImagesConfig,
     pub safety: SafetyConfig,
-    pub recharge_packages: Vec<toml::Table>,
+    /// What `GET /api/pay/packages` offers.
+    pub recharge_packages: Vec<RechargePackage>,
 }
 
 impl Default for Config {
@@ -349,6 +351,55 @@ impl Default for WechatConfig {
     }
 }
 
+/// The merchant account of WeChat Pay API v3 (`[wechat_pay]`). The key files are read
+/// once, when the gateway starts (`pay::WechatPay::load`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WechatPayConfig {
+    pub mch_id: String,
+    /// The app the payer pays in (the mini-program's app id); also named in Native orders.
+    pub app_id: String,
+    /// 32 bytes: the key of the AEAD_AES_256_GCM resources in notifications.
+    pub api_v3_key: String,
+    /// The serial number of the merchant certificate the private key belongs to.
+    pub merchant_serial_no: String,
+    /// `apiclient_key.pem` (PKCS#8 or PKCS#1 PEM): signs requests and `pay_params`.
+    pub merchant_private_key_path: PathBuf,
+    /// The WeChat Pay public key (PEM): verifies responses and notifications.
+    pub platform_public_key_path: PathBuf,
+    /// `Wechatpay-Serial` of that key (`PUB_KEY_ID_…`); another serial is logged.
+    pub platform_serial_no: String,
+    /// Where WeChat Pay posts notifications: `https://…/pay/wechat/notify`.
+    pub notify_url: String,
+    /// An order unpaid after this long is closed (and WeChat Pay refuses to take payment
+    /// for it past `time_expire`).
+    #[serde(default = "default_order_ttl")]
+    pub order_ttl_secs: u64,
+    /// The sweep asks WeChat Pay about a pending order once it is this old (its
+    /// notification may be lost); the order query asks at once.
+    #[serde(default = "default_query_after")]
+    pub query_after_secs: u64,
+}
+
+fn default_order_ttl() -> u64 {
+    1800
+}
+fn default_query_after() -> u64 {
+    60
+}
+
+/// One recharge package (`[[recharge_packages]]`): pay `price_fen`, get `credit_micros`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RechargePackage {
+    pub id: String,
+    pub title: String,
+    /// The price in fen (1/100 CNY), as WeChat Pay takes it.
+    pub price_fen: i64,
+    /// What is credited to the balance once paid.
+    pub credit_micros: i64,
+}
+
 impl Config {
     /// Reads the file named by `path` (or `CHATGATE_CONFIG`), applies the environment
     /// and validates the result.
@@ -517,10 +568,88 @@ impl Config {
                 "limits.max_body_bytes and limits.max_message_chars must be above 0",
             ));
         }
+        self.validate_pay()?;
         let default = self.default_model();
         if !self.has_model(&default) {
             return Err(invalid(format!(
                 "default model {default:?} is served by no channel"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Recharge packages and `[wechat_pay]`, except the key files (read at start-up).
+    pub fn validate_pay(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.recharge_packages {
+            let id_ok = !p.id.is_empty()
+                && p.id.len() <= 64
+                && p.id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !id_ok {
+                return Err(invalid(format!(
+                    "recharge_packages: id {:?} must be 1 to 64 letters, digits, - or _",
+                    p.id
+                )));
+            }
+            if !seen.insert(p.id.as_str()) {
+                return Err(invalid(format!(
+                    "recharge_packages: id {:?} is used twice",
+                    p.id
+                )));
+            }
+            if p.price_fen <= 0 || p.credit_micros <= 0 {
+                return Err(invalid(format!(
+                    "recharge_packages {:?}: price_fen and credit_micros must be above 0",
+                    p.id
+                )));
+            }
+            // WeChat Pay's `description` is at most 127 bytes.
+            if p.title.trim().is_empty() || p.title.len() > 127 {
+                return Err(invalid(format!(
+                    "recharge_packages {:?}: title must be 1 to 127 bytes",
+                    p.id
+                )));
+            }
+        }
+        let Some(pay) = &self.wechat_pay else {
+            return Ok(());
+        };
+        if pay.api_v3_key.len() != 32 {
+            return Err(invalid(format!(
+                "wechat_pay.api_v3_key must be 32 bytes (got {})",
+                pay.api_v3_key.len()
+            )));
+        }
+        for (what, value) in [
+            ("mch_id", &pay.mch_id),
+            ("app_id", &pay.app_id),
+            ("merchant_serial_no", &pay.merchant_serial_no),
+            ("platform_serial_no", &pay.platform_serial_no),
+        ] {
+            if value.trim().is_empty() || value.contains('"') {
+                return Err(invalid(format!(
+                    "wechat_pay.{what} must be set (and hold no quote)"
+                )));
+            }
+        }
+        if !pay.notify_url.starts_with("https://") || reqwest::Url::parse(&pay.notify_url).is_err()
+        {
+            return Err(invalid(format!(
+                "wechat_pay.notify_url must be an https:// URL (got {:?})",
+                pay.notify_url
+            )));
+        }
+        if !(60..=7 * 86_400).contains(&pay.order_ttl_secs) {
+            return Err(invalid(
+                "wechat_pay.order_ttl_secs must be between 60 and 604800",
+            ));
+        }
+        if reqwest::Url::parse(&self.wechat.pay_api_base).is_err() {
+            return Err(invalid(format!(
+                "wechat.pay_api_base {:?} is not a valid URL",
+                self.wechat.pay_api_base
             )));
         }
         Ok(())
@@ -648,6 +777,12 @@ mod tests {
         assert_eq!(c.limits.user_concurrent_streams, 2);
         assert_eq!(c.models["gpt-4o-mini"].input_micros_per_million, 150_000);
         assert_eq!(c.channels[0].priority, 0);
+        assert_eq!(c.recharge_packages[0].price_fen, 1000);
+        assert_eq!(c.recharge_packages[0].credit_micros, 10_000_000);
+        assert_eq!(
+            c.wechat_pay.unwrap().notify_url,
+            "https://example.com/pay/wechat/notify"
+        );
     }
 
     #[test]
@@ -675,7 +810,65 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_one_clear_line() {
-        let cases = [
+        let pay = |extra: &str| {
+            format!(
+                "[wechat_pay]\nmch_id = \"1\"\napp_id = \"wx\"\nmerchant_serial_no = \"S\"\n\
+                 merchant_private_key_path = \"k.pem\"\nplatform_public_key_path = \"p.pem\"\n\
+                 platform_serial_no = \"P\"\n{}\n{extra}\n",
+                if extra.contains("notify_url") {
+                    ""
+                } else {
+                    "notify_url = \"https://x/pay/wechat/notify\""
+                }
+            )
+        };
+        let good = pay("api_v3_key = \"0123456789abcdef0123456789abcdef\"");
+        let c = Config::from_toml(&good).unwrap();
+        c.clone().validate().unwrap();
+        assert_eq!(c.wechat_pay.unwrap().order_ttl_secs, 1800);
+        let key = "api_v3_key = \"0123456789abcdef0123456789abcdef\"";
+        let money: Vec<(String, &str)> = vec![
+            (
+                "[[recharge_packages]]\nid=\"a\"\ntitle=\"t\"\nprice_fen=0\ncredit_micros=1".into(),
+                "must be above 0",
+            ),
+            (
+                "[[recharge_packages]]\nid=\"a\"\ntitle=\"t\"\nprice_fen=1\ncredit_micros=-1"
+                    .into(),
+                "must be above 0",
+            ),
+            (
+                "[[recharge_packages]]\nid=\"a\"\ntitle=\"t\"\nprice_fen=1\ncredit_micros=1\n\
+                 [[recharge_packages]]\nid=\"a\"\ntitle=\"u\"\nprice_fen=2\ncredit_micros=2"
+                    .into(),
+                "used twice",
+            ),
+            (
+                "[[recharge_packages]]\nid=\"a\"\ntitle=\"t\"\nprice=1\ncredit_micros=1".into(),
+                "unknown field",
+            ),
+            (pay("api_v3_key = \"short\""), "32 bytes"),
+            (
+                pay(&format!("{key}\nnotify_url = \"http://x/n\"")),
+                "https://",
+            ),
+            (pay(&format!("{key}\norder_ttl_secs = 5")), "order_ttl_secs"),
+            (pay(&format!("{key}\nsurprise = 1")), "unknown field"),
+        ];
+        for (text, says) in &money {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(Some(&path), &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{text:?} gave {err}");
+            assert!(
+                !err.contains('\n'),
+                "{text:?} gave a multi-line error: {err}"
+            );
+        }
+        let cases: &[&str] = &[
             "listen = 5",
             "lisen = \"x\"",
             "database_url = \"oracle://x\"",
@@ -684,7 +877,7 @@ mod tests {
             "default_model = \"gpt\"",
             "timezone = \"Asia/Shanghai\"",
         ];
-        for text in cases {
+        for text in cases.iter().copied() {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("c.toml");
             std::fs::write(&path, text).unwrap();

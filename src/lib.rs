@@ -19,6 +19,8 @@
 //! - [`images`] — image generation and the files kept and served at `/files/{name}`.
 //! - [`openai_api`] — the OpenAI-compatible `/v1` API for API-key clients.
 //! - [`ledger`] — money: holds, settlement, credits, codes, the invariant, crash sweep.
+//! - [`pay`] — WeChat Pay API v3: recharge packages, JSAPI and Native orders, signed
+//!   calls and verified answers, notifications credited exactly once, reconciliation.
 //! - [`admin`] — the admin API (credits, user money, recharge codes, invariant check).
 //! - [`limits`] — rate limits per address and user, caps on open answers (governor).
 //! - [`tokens`] — token counting with a real BPE tokenizer.
@@ -44,6 +46,7 @@ pub mod limits;
 pub mod metrics;
 pub mod mock_upstream;
 pub mod openai_api;
+pub mod pay;
 pub mod response;
 pub mod router;
 pub mod safety;

@@ -1,6 +1,7 @@
 //! Prometheus metrics (`GET /metrics`, admin only): requests by route and code, open
 //! answers, time to first token and total time, upstream errors, failovers and revoked
-//! keys by channel, and open holds (read from the database at scrape time).
+//! keys by channel, WeChat Pay orders credited and notifications by outcome, and open
+//! holds (read from the database at scrape time).
 //!
 //! The recorder is process-wide: every gateway in one process (tests) shares it.
 
@@ -23,6 +24,8 @@ pub const ANSWER_TIME: &str = "chatgate_answer_seconds";
 pub const UPSTREAM_ERRORS: &str = "chatgate_upstream_errors_total";
 pub const FAILOVERS: &str = "chatgate_upstream_failovers_total";
 pub const REVOKED_KEYS: &str = "chatgate_upstream_keys_revoked_total";
+pub const PAY_CREDITED: &str = "chatgate_pay_orders_credited_total";
+pub const PAY_NOTIFICATIONS: &str = "chatgate_pay_notifications_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -78,6 +81,10 @@ pub fn route_label(method: &http::Method, segments: &[&str]) -> &'static str {
         ("GET", ["v1", "models"]) => "GET /v1/models",
         ("POST", ["api", "auth", _]) => "POST /api/auth/*",
         ("POST", ["api", "images"]) => "POST /api/images",
+        ("POST", ["api", "pay", "orders"]) => "POST /api/pay/orders",
+        ("GET", ["api", "pay", "orders", _]) => "GET /api/pay/orders/:id",
+        (_, ["api", "pay", ..]) => "/api/pay",
+        ("POST", ["pay", "wechat", "notify"]) => "POST /pay/wechat/notify",
         (_, ["api", "conversations", ..]) => "/api/conversations",
         (_, ["api", "keys", ..]) => "/api/keys",
         (_, ["api", ..]) => "/api/other",

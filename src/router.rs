@@ -89,6 +89,16 @@ async fn route(
         (&Method::DELETE, ["api", "conversations", id]) => {
             chat::delete_conversation(app, req, id).await
         }
+        (&Method::GET, ["api", "pay", "packages"]) => crate::pay::handlers::packages(app).await,
+        (&Method::POST, ["api", "pay", "orders"]) => {
+            crate::pay::handlers::create_order(app, req).await
+        }
+        (&Method::GET, ["api", "pay", "orders", id]) => {
+            crate::pay::handlers::get_order(app, req, id).await
+        }
+        (&Method::POST, ["pay", "wechat", "notify"]) => {
+            Ok(crate::pay::handlers::notify(app, req).await)
+        }
         (&Method::POST, ["api", "images"]) => crate::images::generate(app, req).await,
         (&Method::GET, ["files", name]) => crate::images::serve(app, name).await,
         (&Method::POST, ["api", "keys"]) => crate::auth::api_keys::create(app, req).await,

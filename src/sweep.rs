@@ -1,6 +1,7 @@
 //! Periodic housekeeping, at start-up and then every `sweep_interval_secs`: holds and
 //! answers abandoned by a process that died are settled or closed, whichever replica
-//! produced them; expired files are deleted.
+//! produced them; expired files are deleted; pending WeChat Pay orders are checked with
+//! WeChat Pay (credited if paid, closed if expired).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,15 @@ pub async fn run(app: Arc<App>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(files = n, "deleted expired files"),
             Err(e) => tracing::warn!(error = %e.msg(), "file sweep failed"),
+        }
+        match crate::pay::reconcile::run_once(&app).await {
+            Ok(s) if s == Default::default() => {}
+            Ok(s) => tracing::info!(
+                paid = s.paid,
+                closed = s.closed,
+                "reconciled WeChat Pay orders"
+            ),
+            Err(e) => tracing::warn!(error = %e.msg(), "pay order sweep failed"),
         }
         let abandoned_ms = crate::ledger::sweep::abandon_after(&app).as_millis() as i64;
         match store::close_abandoned(&app.db, crate::clock::unix_millis() - abandoned_ms).await {

@@ -5,7 +5,8 @@
 #   3. H5 build — and check that the committed dist/build/h5 is what the sources build to
 #      (the gateway embeds it) — then the mp-weixin build
 #   4. with CHATGATE_URL set: live tests (node:test) and the Chromium browser test
-#      (CHATGATE_ADMIN_TOKEN enables the redeem flow; CHROMIUM_PATH overrides /usr/bin/chromium)
+#      (CHATGATE_ADMIN_TOKEN enables the redeem flow; CHATGATE_PAY_MOCK_URL lets the WeChat Pay
+#      test settle its order; CHROMIUM_PATH overrides /usr/bin/chromium)
 # Exits non-zero on any failure. Knobs: CHATGATE_CI_SKIP_INSTALL=1 reuses node_modules;
 # CHATGATE_SKIP_BROWSER=1 skips the browser test even with CHATGATE_URL set.
 set -uo pipefail

@@ -11,6 +11,7 @@ pub mod file;
 pub mod hold;
 pub mod ledger_entry;
 pub mod message;
+pub mod pay_order;
 pub mod prelude;
 pub mod redeem_code;
 pub mod setting;

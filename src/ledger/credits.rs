@@ -1,5 +1,5 @@
-//! Money in: recharge codes (each works once, ever) and admin credits or debits (an
-//! idempotency key applies once). Every credit is a ledger entry with a unique
+//! Money in: recharge codes (each works once, ever), admin credits or debits (an
+//! idempotency key applies once) and paid WeChat Pay orders (each credits once). Every credit is a ledger entry with a unique
 //! reference, in the same transaction as the balance change.
 
 use entity::{ledger_entry, redeem_code, user};
@@ -140,6 +140,25 @@ pub async fn admin_credit(
         }
         Err(CreditError::Insufficient) => Err(AppError::bad_request("余额不足以扣减")),
         Err(CreditError::Db(e)) => Err(e.into()),
+    }
+}
+
+/// Credits a paid WeChat Pay order inside the caller's transaction (which has just moved
+/// the order to paid): a `pay` ledger entry with reference `pay:<out_trade_no>` and the
+/// balance. False when the reference was used — nothing moved, and on PostgreSQL the
+/// transaction is spoiled: the caller must roll it back.
+pub async fn credit_payment<C: sea_orm::ConnectionTrait>(
+    txn: &C,
+    user_id: i64,
+    amount_micros: i64,
+    out_trade_no: &str,
+    note: &str,
+) -> Result<bool, AppError> {
+    let reference = super::reference("pay", out_trade_no);
+    match credit_in(txn, user_id, amount_micros, "pay", &reference, note).await {
+        Ok(()) => Ok(true),
+        Err(CreditError::Duplicate) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

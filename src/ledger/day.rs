@@ -10,6 +10,24 @@ pub fn local_day(unix_millis: i64, offset_minutes: i32) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// RFC 3339 time of `unix_millis` at `offset_minutes` east of UTC, to the second
+/// (`2026-11-22T23:59:59+08:00`), as WeChat Pay's `time_expire` takes it.
+pub fn rfc3339(unix_millis: i64, offset_minutes: i32) -> String {
+    let local = unix_millis.div_euclid(1000) + i64::from(offset_minutes) * 60;
+    let (y, m, d) = civil_from_days(local.div_euclid(86_400));
+    let secs = local.rem_euclid(86_400);
+    let sign = if offset_minutes < 0 { '-' } else { '+' };
+    let off = offset_minutes.unsigned_abs();
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{sign}{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+        off / 60,
+        off % 60
+    )
+}
+
 /// Year, month, day of the `days`-th day after 1970-01-01 (proleptic Gregorian),
 /// after Howard Hinnant's `civil_from_days`.
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -56,6 +74,15 @@ mod tests {
         assert_eq!(local_day(t + 1000, 0), "2026-11-22");
         assert_eq!(local_day(951_782_400_000, 0), "2000-02-29");
         assert_eq!(local_day(-1, 0), "1969-12-31");
+    }
+
+    #[test]
+    fn times_format_as_rfc3339() {
+        let t = 1_795_363_199_000;
+        assert_eq!(rfc3339(t, 480), "2026-11-22T23:59:59+08:00");
+        assert_eq!(rfc3339(t + 1000, 480), "2026-11-23T00:00:00+08:00");
+        assert_eq!(rfc3339(t, 0), "2026-11-22T15:59:59+00:00");
+        assert_eq!(rfc3339(t, -330), "2026-11-22T10:29:59-05:30");
     }
 
     #[test]

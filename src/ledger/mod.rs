@@ -2,7 +2,7 @@
 //!
 //! - [`holds`]: before an answer, take one free message or hold its worst-case price
 //!   with one conditional update; after it, settle exactly once in one transaction.
-//! - [`credits`]: recharge codes and admin credits, each applied once.
+//! - [`credits`]: recharge codes, admin credits and paid WeChat Pay orders, each applied once.
 //! - [`invariant`]: `balance + open holds == sum(ledger)` and `balance >= 0`, per user.
 //! - [`sweep`]: holds left open by a crash are settled from what was stored, or released.
 //! - [`pricing`]: what tokens cost, rounded up. [`day`]: the local day of free quotas.

@@ -9,7 +9,7 @@ import { setBaseUrl, setPlatform } from '../src/services/platform.js'
 import { mpWrites, bytesOf } from './fixtures.js'
 import { createMockUni, until } from './mock-uni.js'
 
-const MP_FILES = ['utils/utf8.js', 'utils/frames.js', 'utils/markdown.js', 'services/transport-mp.js', 'services/answer.js', 'services/api.js', 'services/session.js', 'services/chat.js']
+const MP_FILES = ['utils/utf8.js', 'utils/frames.js', 'utils/markdown.js', 'services/transport-mp.js', 'services/answer.js', 'services/api.js', 'services/session.js', 'services/chat.js', 'services/pay.js']
 
 describe('mini-program safety', () => {
   it('no TextDecoder, TextEncoder, performance or instanceof in mp code', () => {
