@@ -24,6 +24,8 @@ pub struct App {
     pub limiter: crate::limits::Limiter,
     /// For calls to WeChat's APIs.
     pub http: reqwest::Client,
+    /// WeChat access tokens, per app id (Official Account push, …).
+    pub wechat_tokens: crate::wechat_token::AccessTokens,
     /// Answers streaming in this process.
     pub answers: AnswerRegistry,
     /// Every answer task, so shutdown can wait for them.
@@ -85,6 +87,7 @@ impl App {
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .map_err(|e| StartError::Other(e.to_string()))?,
+            wechat_tokens: crate::wechat_token::AccessTokens::new(),
             answers: AnswerRegistry::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),

@@ -11,6 +11,8 @@ pub mod file;
 pub mod hold;
 pub mod ledger_entry;
 pub mod message;
+pub mod oa_message;
+pub mod oa_session;
 pub mod prelude;
 pub mod redeem_code;
 pub mod setting;
