@@ -28,6 +28,8 @@ pub struct App {
     pub http: reqwest::Client,
     /// WeChat Pay API v3 with its keys; `None` when `[wechat_pay]` is not configured.
     pub pay: Option<crate::pay::WechatPay>,
+    /// WeChat access tokens, per app id (Official Account push, …).
+    pub wechat_tokens: crate::wechat_token::AccessTokens,
     /// Answers streaming in this process.
     pub answers: AnswerRegistry,
     /// Every answer task, so shutdown can wait for them.
@@ -117,6 +119,7 @@ impl App {
                 .build()
                 .map_err(|e| StartError::Other(e.to_string()))?,
             pay,
+            wechat_tokens: crate::wechat_token::AccessTokens::new(),
             answers: AnswerRegistry::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),

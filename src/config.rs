@@ -95,6 +95,10 @@ pub struct Config {
     pub wechat: WechatConfig,
     /// WeChat Pay API v3; online recharge is off without it.
     pub wechat_pay: Option<WechatPayConfig>,
+    /// The gateway's public base URL (`https://chat.example.com`), for links sent to
+    /// users (the Official Account's `/a/{token}`). Unset: taken from each request's
+    /// `Host` (and `X-Forwarded-Proto`) header.
+    pub public_url: Option<String>,
     pub images: ImagesConfig,
     pub safety: SafetyConfig,
     /// What `GET /api/pay/packages` offers.
@@ -128,6 +132,7 @@ impl Default for Config {
             models: BTreeMap::new(),
             wechat: WechatConfig::default(),
             wechat_pay: None,
+            public_url: None,
             images: ImagesConfig::default(),
             safety: SafetyConfig::default(),
             recharge_packages: Vec::new(),
@@ -330,8 +335,28 @@ pub struct WechatConfig {
     pub oa_app_id: Option<String>,
     pub oa_app_secret: Option<String>,
     pub oa_encoding_aes_key: Option<String>,
+    /// How long one delivery may wait for the answer before it gives up on replying.
     pub oa_reply_deadline_ms: u64,
+    /// Reply `success` at once and push the answer through `message/custom/send`
+    /// (needs the customer-service permission) instead of riding WeChat's retries.
     pub oa_push: bool,
+    /// How long WeChat waits for one delivery (5 s). A delivery that is not the last
+    /// and has no answer by its deadline holds the request past this, so WeChat retries.
+    pub oa_wechat_timeout_ms: u64,
+    /// How many times WeChat delivers one message (3); the last one replies with a link.
+    pub oa_deliveries: u32,
+    /// The longest reply text in bytes; a longer answer is cut, at a character
+    /// boundary, with the link appended (the whole stays within this).
+    pub oa_reply_max_bytes: usize,
+    /// A conversation idle longer than this is not continued: the next question starts
+    /// a new one.
+    pub oa_session_idle_secs: u64,
+    /// Only messages starting with `/chat` go to the model; others get the help text.
+    pub oa_command_only: bool,
+    /// The reply to a new follower (the `subscribe` event).
+    pub oa_welcome: String,
+    /// The largest webhook body accepted (WeChat's messages are small).
+    pub oa_max_body_bytes: usize,
 }
 
 impl Default for WechatConfig {
@@ -347,6 +372,13 @@ impl Default for WechatConfig {
             oa_encoding_aes_key: None,
             oa_reply_deadline_ms: 4500,
             oa_push: false,
+            oa_wechat_timeout_ms: 5000,
+            oa_deliveries: 3,
+            oa_reply_max_bytes: 2000,
+            oa_session_idle_secs: 300,
+            oa_command_only: false,
+            oa_welcome: "欢迎关注！直接发送文字即可向 AI 提问。\n发送 /new 开始新的对话，/history 查看最近的回答。".into(),
+            oa_max_body_bytes: 64 * 1024,
         }
     }
 }
@@ -569,6 +601,7 @@ impl Config {
             ));
         }
         self.validate_pay()?;
+        self.validate_official_account()?;
         let default = self.default_model();
         if !self.has_model(&default) {
             return Err(invalid(format!(
@@ -650,6 +683,49 @@ impl Config {
             return Err(invalid(format!(
                 "wechat.pay_api_base {:?} is not a valid URL",
                 self.wechat.pay_api_base
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate_official_account(&self) -> Result<(), ConfigError> {
+        let w = &self.wechat;
+        if w.oa_reply_deadline_ms == 0 || w.oa_reply_deadline_ms >= w.oa_wechat_timeout_ms {
+            return Err(invalid(format!(
+                "wechat.oa_reply_deadline_ms ({}) must be above 0 and below wechat.oa_wechat_timeout_ms ({})",
+                w.oa_reply_deadline_ms, w.oa_wechat_timeout_ms
+            )));
+        }
+        if w.oa_deliveries == 0 {
+            return Err(invalid("wechat.oa_deliveries must be at least 1"));
+        }
+        if w.oa_reply_max_bytes < 300 {
+            return Err(invalid(
+                "wechat.oa_reply_max_bytes must be at least 300 (room for the link)",
+            ));
+        }
+        if w.oa_max_body_bytes < 1024 {
+            return Err(invalid("wechat.oa_max_body_bytes must be at least 1024"));
+        }
+        if let Some(key) = &w.oa_encoding_aes_key {
+            let Some(app_id) = &w.oa_app_id else {
+                return Err(invalid(
+                    "wechat.oa_encoding_aes_key is set but wechat.oa_app_id is not (safe mode checks it)",
+                ));
+            };
+            crate::wechat_oa::crypto::SafeMode::new(key, app_id)
+                .map_err(|e| invalid(format!("wechat.oa_encoding_aes_key: {e}")))?;
+        }
+        if w.oa_push && (w.oa_app_id.is_none() || w.oa_app_secret.is_none()) {
+            return Err(invalid(
+                "wechat.oa_push needs wechat.oa_app_id and wechat.oa_app_secret",
+            ));
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(format!(
+                "public_url must start with http:// or https:// (got {url:?})"
             )));
         }
         Ok(())
@@ -783,6 +859,8 @@ mod tests {
             c.wechat_pay.unwrap().notify_url,
             "https://example.com/pay/wechat/notify"
         );
+        assert_eq!(c.wechat.oa_deliveries, 3);
+        assert_eq!(c.wechat.oa_reply_max_bytes, 2000);
     }
 
     #[test]
@@ -876,6 +954,11 @@ mod tests {
             "[models.m]\ncontext_tokens = 10\nmax_output_tokens = 20",
             "default_model = \"gpt\"",
             "timezone = \"Asia/Shanghai\"",
+            "[wechat]\noa_reply_deadline_ms = 6000",
+            "[wechat]\noa_app_id = \"wx1\"\noa_encoding_aes_key = \"short\"",
+            "[wechat]\noa_encoding_aes_key = \"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\"",
+            "[wechat]\noa_push = true",
+            "public_url = \"chat.example.com\"",
         ];
         for text in cases.iter().copied() {
             let dir = tempfile::tempdir().unwrap();

@@ -28,6 +28,9 @@
 //! - [`sweep`] — periodic housekeeping (answers abandoned by a dead process).
 //! - [`web`] — the built H5 page, embedded, served at `/`.
 //! - [`metrics`] — Prometheus metrics at `/metrics`.
+//! - [`wechat_oa`] — the Official Account bot: `/wechat/oa` (signatures, safe mode, one
+//!   answer per MsgId across replicas, retries ridden, push), the `/a/{token}` pages.
+//! - [`wechat_token`] — WeChat `access_token`s, cached per app id.
 //! - [`mock_upstream`] — an OpenAI-compatible mock upstream for tests and benchmarks.
 
 #![forbid(unsafe_code)]
@@ -55,3 +58,5 @@ pub mod sweep;
 pub mod tokens;
 pub mod upstream;
 pub mod web;
+pub mod wechat_oa;
+pub mod wechat_token;

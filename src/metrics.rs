@@ -91,6 +91,8 @@ pub fn route_label(method: &http::Method, segments: &[&str]) -> &'static str {
         (_, ["admin", ..]) => "/admin",
         (_, ["files", _]) => "GET /files/:name",
         ("GET", ["healthz"]) => "GET /healthz",
+        (_, ["wechat", "oa"]) => "/wechat/oa",
+        ("GET", ["a", ..]) => "GET /a/:token",
         _ => "other",
     }
 }

@@ -61,7 +61,10 @@ async fn route(
     // Every API request counts against the client's address; the health check and the
     // page's static files (no database, no upstream) do not, so loading the page is free.
     let counted = *method != Method::OPTIONS
-        && matches!(segments.first(), Some(&("api" | "v1" | "admin" | "files")));
+        && matches!(
+            segments.first(),
+            Some(&("api" | "v1" | "admin" | "files" | "a"))
+        );
     if counted && let Err(err) = app.limiter.check_ip(ip).await {
         return refuse(&req, &segments, &err);
     }
@@ -113,6 +116,10 @@ async fn route(
         (&Method::POST, ["admin", "redeem-codes"]) => admin::mint_codes(app, req).await,
         (&Method::GET, ["admin", "check"]) => admin::check(app, req).await,
         (&Method::GET, ["admin", "channels"]) => admin::channels(app, req).await,
+        (&Method::GET, ["wechat", "oa"]) => crate::wechat_oa::verify(app, req).await,
+        (&Method::POST, ["wechat", "oa"]) => crate::wechat_oa::receive(app, req).await,
+        (&Method::GET, ["a", "h", token]) => crate::wechat_oa::page::history(app, token).await,
+        (&Method::GET, ["a", token]) => crate::wechat_oa::page::answer(app, token).await,
         (&Method::GET, ["metrics"]) => crate::metrics::render(app, req).await,
         (&Method::GET | &Method::HEAD, _) => {
             crate::web::serve(path).ok_or(AppError::NotFound("接口不存在"))

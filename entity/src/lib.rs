@@ -12,6 +12,8 @@ pub mod hold;
 pub mod ledger_entry;
 pub mod message;
 pub mod pay_order;
+pub mod oa_message;
+pub mod oa_session;
 pub mod prelude;
 pub mod redeem_code;
 pub mod setting;

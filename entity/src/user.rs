@@ -25,6 +25,8 @@ pub struct Model {
     pub mp_openid: Option<String>,
     /// WeChat's unionid: the same person across the mini-program and the Official Account.
     pub unionid: Option<String>,
+    /// The user's openid in the Official Account (the bot at `/wechat/oa`).
+    pub oa_openid: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -9,6 +9,7 @@ mod m20261122_000003_wechat;
 mod m20261122_000004_api_keys;
 mod m20261122_000005_files;
 mod m20261122_000006_pay_orders;
+mod m20261122_000007_official_account;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_api_keys::Migration),
             Box::new(m20261122_000005_files::Migration),
             Box::new(m20261122_000006_pay_orders::Migration),
+            Box::new(m20261122_000007_official_account::Migration),
         ]
     }
 }

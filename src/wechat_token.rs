@@ -1,0 +1,138 @@
+//! WeChat `access_token`s, cached per app id: fetched from
+//! `GET {api_base}/cgi-bin/token?grant_type=client_credential&appid=…&secret=…`, kept
+//! until shortly before `expires_in` runs out, and dropped by [`AccessTokens::invalidate`]
+//! when an API call answers that the token is invalid or expired (errcode 40001, 40014,
+//! 42001; see [`is_token_error`]).
+//!
+//! One fetch at a time per app id: callers that find no valid token wait for the one
+//! fetch in flight instead of each asking WeChat (each fetch invalidates the last token
+//! after a few minutes, and the daily number of fetches is limited).
+//!
+//! Used by the Official Account's customer-service push; any other caller (the
+//! mini-program's `msg_sec_check`) passes its own app id and secret.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::time::Instant;
+
+/// Why no token could be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    #[error("WeChat token API unreachable: {0}")]
+    Unreachable(String),
+    #[error("WeChat refused the token request: errcode {errcode}: {errmsg}")]
+    Refused { errcode: i64, errmsg: String },
+}
+
+/// Whether a WeChat API `errcode` says the access token is invalid or expired.
+pub fn is_token_error(errcode: i64) -> bool {
+    matches!(errcode, 40001 | 40014 | 42001)
+}
+
+#[derive(Clone)]
+struct Cached {
+    token: String,
+    /// Refresh from this instant on (a margin before WeChat's expiry).
+    fresh_until: Instant,
+}
+
+/// The token cache of every app the gateway calls WeChat for.
+#[derive(Default)]
+pub struct AccessTokens {
+    /// Per app id; the async lock makes one fetch at a time per app.
+    apps: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TokenAnswer {
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+    errcode: i64,
+    errmsg: String,
+}
+
+impl AccessTokens {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn slot(&self, app_id: &str) -> Arc<tokio::sync::Mutex<Option<Cached>>> {
+        let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(apps.entry(app_id.to_string()).or_default())
+    }
+
+    /// A valid token of `app_id`: the cached one, or a new one from WeChat.
+    pub async fn get(
+        &self,
+        http: &reqwest::Client,
+        api_base: &str,
+        app_id: &str,
+        secret: &str,
+    ) -> Result<String, TokenError> {
+        let slot = self.slot(app_id);
+        let mut cached = slot.lock().await;
+        if let Some(c) = cached.as_ref()
+            && Instant::now() < c.fresh_until
+        {
+            return Ok(c.token.clone());
+        }
+        let fetched = fetch(http, api_base, app_id, secret).await?;
+        let token = fetched.token.clone();
+        *cached = Some(fetched);
+        Ok(token)
+    }
+
+    /// Forgets `token` of `app_id` (an API said it is invalid), unless a newer one
+    /// replaced it meanwhile.
+    pub async fn invalidate(&self, app_id: &str, token: &str) {
+        let slot = self.slot(app_id);
+        let mut cached = slot.lock().await;
+        if cached.as_ref().is_some_and(|c| c.token == token) {
+            *cached = None;
+        }
+    }
+}
+
+async fn fetch(
+    http: &reqwest::Client,
+    api_base: &str,
+    app_id: &str,
+    secret: &str,
+) -> Result<Cached, TokenError> {
+    let url = format!("{}/cgi-bin/token", api_base.trim_end_matches('/'));
+    let asked = Instant::now();
+    let answer: TokenAnswer = http
+        .get(&url)
+        .query(&[
+            ("grant_type", "client_credential"),
+            ("appid", app_id),
+            ("secret", secret),
+        ])
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| TokenError::Unreachable(e.without_url().to_string()))?
+        .json()
+        .await
+        .map_err(|e| TokenError::Unreachable(e.without_url().to_string()))?;
+    match answer.access_token.filter(|t| !t.is_empty()) {
+        Some(token) if answer.errcode == 0 => {
+            let expires_in = answer.expires_in.unwrap_or(7200);
+            // Refresh 5 minutes early (WeChat keeps the old token valid that long
+            // after a new one), or at half-life for short-lived tokens.
+            let margin = (expires_in / 2).min(300);
+            Ok(Cached {
+                token,
+                fresh_until: asked + Duration::from_secs(expires_in - margin),
+            })
+        }
+        _ => Err(TokenError::Refused {
+            errcode: answer.errcode,
+            errmsg: answer.errmsg,
+        }),
+    }
+}
