@@ -48,6 +48,7 @@ pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod mock_upstream;
+pub mod msg_sec_check;
 pub mod openai_api;
 pub mod pay;
 pub mod response;

@@ -26,6 +26,8 @@ pub const FAILOVERS: &str = "chatgate_upstream_failovers_total";
 pub const REVOKED_KEYS: &str = "chatgate_upstream_keys_revoked_total";
 pub const PAY_CREDITED: &str = "chatgate_pay_orders_credited_total";
 pub const PAY_NOTIFICATIONS: &str = "chatgate_pay_notifications_total";
+/// Questions refused and answers cut by content safety, by what caught them.
+pub const CONTENT_BLOCKED: &str = "chatgate_content_blocked_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

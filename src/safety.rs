@@ -61,7 +61,11 @@ impl WordList {
     /// A question containing a listed word is refused.
     pub fn check_input(&self, text: &str) -> Result<(), AppError> {
         match self.find(text) {
-            Some(_) => Err(blocked()),
+            Some(_) => {
+                metrics::counter!(crate::metrics::CONTENT_BLOCKED, "by" => "words_input")
+                    .increment(1);
+                Err(blocked())
+            }
             None => Ok(()),
         }
     }

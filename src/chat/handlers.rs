@@ -145,6 +145,7 @@ pub async fn start_turn(app: &Arc<App>, turn: Turn<'_>) -> Result<Arc<Answer>, A
     let user = users::by_id(&app.db, user_id)
         .await?
         .ok_or(AppError::Unauthorized("账号不存在，请重新登录"))?;
+    crate::msg_sec_check::check(app, user.mp_openid.as_deref(), question).await?;
     let txn = app.db.begin().await?;
     let day = app.config.today();
     let grant = holds::take(

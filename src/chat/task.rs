@@ -141,6 +141,7 @@ async fn drive(app: &App, job: &AnswerJob, progress: &mut Progress<'_>) -> Outco
                         let shown = progress.gate.offer(event.data.clone(), text, |raw, text| answer.push(raw, text));
                         if shown == Verdict::Blocked {
                             tracing::info!(message_id = %answer.message_id, "answer cut at a listed word");
+                            metrics::counter!(crate::metrics::CONTENT_BLOCKED, "by" => "words_output").increment(1);
                             return Outcome::Blocked;
                         }
                     }

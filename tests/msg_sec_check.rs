@@ -1,0 +1,186 @@
+//! WeChat's `msg_sec_check` v2 on mini-program users' questions, against a simulated
+//! WeChat API: risky → 102 `content_blocked` and nothing stored; pass → served; the
+//! API unavailable → served or refused by `safety.fail_open`; the access token is
+//! fetched once and refreshed when WeChat says it expired; users without an openid are
+//! not sent to WeChat.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use common::{Gateway, parse_mp};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Seen {
+    token_fetches: usize,
+    checks: Vec<Value>,
+    /// The next check answers "token expired" once.
+    expire_next: bool,
+}
+
+/// A WeChat API: jscode2session, cgi-bin/token and wxa/msg_sec_check.
+async fn mock_wechat(seen: Arc<Mutex<Seen>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let query = req.uri().query().unwrap_or_default().to_string();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let answer = match path.as_str() {
+                            "/sns/jscode2session" => {
+                                json!({"openid": "o-user", "session_key": "k"})
+                            }
+                            "/cgi-bin/token" => {
+                                let mut s = seen.lock().unwrap();
+                                s.token_fetches += 1;
+                                json!({"access_token": format!("T{}", s.token_fetches), "expires_in": 7200})
+                            }
+                            "/wxa/msg_sec_check" => {
+                                let sent: Value = serde_json::from_slice(&body).unwrap();
+                                let mut s = seen.lock().unwrap();
+                                let current = format!("access_token=T{}", s.token_fetches);
+                                s.checks.push(sent.clone());
+                                let content = sent["content"].as_str().unwrap_or_default();
+                                if s.expire_next {
+                                    s.expire_next = false;
+                                    json!({"errcode": 42001, "errmsg": "access_token expired"})
+                                } else if query != current {
+                                    json!({"errcode": 40001, "errmsg": "invalid credential"})
+                                } else if content.contains("down") {
+                                    json!({"errcode": -1, "errmsg": "system error"})
+                                } else if content.contains("risky") {
+                                    json!({"errcode": 0, "errmsg": "ok", "result": {"suggest": "risky", "label": 20001}})
+                                } else {
+                                    json!({"errcode": 0, "errmsg": "ok", "result": {"suggest": "pass", "label": 100}})
+                                }
+                            }
+                            _ => json!({"errcode": 404}),
+                        };
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                            answer.to_string(),
+                        ))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+async fn gateway(api_base: String, fail_open: bool) -> Gateway {
+    Gateway::start(move |c| {
+        c.wechat.api_base = api_base;
+        c.wechat.mp_app_id = Some("wx-mini".into());
+        c.wechat.mp_app_secret = Some("mini-secret".into());
+        c.safety.msg_sec_check = true;
+        c.safety.fail_open = fail_open;
+        c.free_messages_per_day = 100;
+    })
+    .await
+}
+
+async fn wechat_user(gw: &Gateway) -> String {
+    let (status, body) = gw
+        .json("POST", "/api/auth/wechat", None, &json!({"code": "c1"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn risky_questions_are_refused_and_others_served() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let gw = gateway(mock_wechat(Arc::clone(&seen)).await, true).await;
+    let token = wechat_user(&gw).await;
+
+    let risky = gw
+        .chat(&token, &json!({"message": "something risky"}), true)
+        .await;
+    let err = parse_mp(&risky.chunks).error.unwrap();
+    assert_eq!(
+        (err["code"].as_i64(), err["reason"].as_str()),
+        (Some(102), Some("content_blocked"))
+    );
+    let sse = gw
+        .chat(&token, &json!({"message": "also risky"}), false)
+        .await;
+    assert_eq!(sse.status, 403);
+    assert_eq!(
+        gw.message_count().await,
+        0,
+        "a refused question stores nothing"
+    );
+
+    let fine = gw.chat(&token, &json!({"message": "hello"}), true).await;
+    let fine = parse_mp(&fine.chunks);
+    assert!(fine.done.is_some() && !fine.content.is_empty());
+
+    {
+        let s = seen.lock().unwrap();
+        assert_eq!(s.checks.len(), 3);
+        assert_eq!(s.checks[2]["openid"], "o-user");
+        assert_eq!(s.checks[2]["version"], 2);
+        assert_eq!(s.checks[2]["content"], "hello");
+        assert_eq!(s.token_fetches, 1, "the access token is cached");
+    }
+
+    // WeChat says the token expired: fetched again, the question checked again.
+    seen.lock().unwrap().expire_next = true;
+    let again = gw
+        .chat(&token, &json!({"message": "hello again"}), true)
+        .await;
+    assert!(parse_mp(&again.chunks).done.is_some());
+    assert_eq!(seen.lock().unwrap().token_fetches, 2);
+
+    // A password user has no openid: nothing is sent to WeChat.
+    let before = seen.lock().unwrap().checks.len();
+    let plain = gw.register("no-openid").await;
+    let served = gw
+        .chat(&plain, &json!({"message": "risky words"}), true)
+        .await;
+    assert!(parse_mp(&served.chunks).done.is_some());
+    assert_eq!(seen.lock().unwrap().checks.len(), before);
+    gw.assert_ledger_ok().await;
+}
+
+#[tokio::test]
+async fn when_the_check_is_unavailable_fail_open_decides() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let api = mock_wechat(Arc::clone(&seen)).await;
+
+    let open = gateway(api.clone(), true).await;
+    let token = wechat_user(&open).await;
+    let served = open
+        .chat(&token, &json!({"message": "api down"}), true)
+        .await;
+    assert!(parse_mp(&served.chunks).done.is_some(), "fail-open serves");
+
+    let closed = gateway(api, false).await;
+    let token = wechat_user(&closed).await;
+    let refused = closed
+        .chat(&token, &json!({"message": "api down"}), true)
+        .await;
+    assert!(
+        parse_mp(&refused.chunks).error.is_some(),
+        "fail-closed refuses"
+    );
+    assert_eq!(closed.message_count().await, 0);
+}
