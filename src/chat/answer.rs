@@ -176,6 +176,7 @@ impl Answer {
             framing,
             heartbeat,
             state: ReaderState::Streaming,
+            gap_next: false,
         }
     }
 }
@@ -197,7 +198,15 @@ pub struct Reader {
     framing: Framing,
     heartbeat: Duration,
     state: ReaderState,
+    /// Wait [`FRAME_GAP`] before the next chunk (it must reach the client alone).
+    gap_next: bool,
 }
+
+/// The pause before a mini-program frame that must arrive in its own `onChunkReceived`
+/// callback (an error frame after content, the terminal `0` after the done frame). The
+/// legacy client cannot parse those merged with the frame before; written back to back,
+/// a proxy (nginx reads both in one go) or the phone's network stack would merge them.
+pub const FRAME_GAP: Duration = Duration::from_millis(50);
 
 impl Reader {
     /// The next chunk to send: whole frames only; `None` when the response is complete.
@@ -205,10 +214,15 @@ impl Reader {
         match self.state {
             ReaderState::Finished => return None,
             ReaderState::Terminal => {
+                tokio::time::sleep(FRAME_GAP).await;
                 self.state = ReaderState::Finished;
                 return Some(Bytes::from_static(frame_mp::TERMINAL));
             }
             ReaderState::Streaming => {}
+        }
+        if self.gap_next {
+            self.gap_next = false;
+            tokio::time::sleep(FRAME_GAP).await;
         }
         let deadline = Instant::now() + self.heartbeat;
         loop {
@@ -283,6 +297,7 @@ impl Reader {
             // whole callback holding `error` as one error frame.
             let error_waits = matches!(ending, Ending::Failed { .. }) && !out.is_empty();
             if self.framing == Framing::MiniProgram && error_waits {
+                self.gap_next = true;
                 return;
             }
             match (self.framing, ending) {

@@ -10,6 +10,7 @@ pub mod history;
 pub mod store;
 pub mod task;
 
+use futures_util::StreamExt;
 use http::header::{CACHE_CONTROL, HeaderValue};
 use http::{HeaderMap, Response, StatusCode, Uri};
 
@@ -62,11 +63,15 @@ impl Framing {
                 err.log();
                 let mut frame = bytes::BytesMut::new();
                 err.write_mp_frame(&mut frame);
-                let chunks = [
-                    frame.freeze(),
-                    bytes::Bytes::from_static(frame_mp::TERMINAL),
-                ];
-                self.response(response::stream(futures_util::stream::iter(chunks)))
+                // The terminal after a pause, so it reaches the client alone.
+                let frame = frame.freeze();
+                let chunks = futures_util::stream::once(async move { frame }).chain(
+                    futures_util::stream::once(async {
+                        tokio::time::sleep(answer::FRAME_GAP).await;
+                        bytes::Bytes::from_static(frame_mp::TERMINAL)
+                    }),
+                );
+                self.response(response::stream(chunks))
             }
             Framing::Sse => response::error(err),
         }
