@@ -430,14 +430,29 @@ async fn relay(
     client_wants_usage: bool,
     billing: Billing,
 ) {
+    // What the client was shown (the word list may hold the tail back or cut it).
     let mut text = String::new();
     let mut usage = None;
     let mut failed = false;
+    let mut blocked = false;
+    let mut gate = app.words.gate();
+    let mut ready: Vec<Bytes> = Vec::new();
     let channel = source.channel().to_string();
     // Bounded like every answer; a client that stops reading is treated as gone.
     let deadline = Instant::now() + Duration::from_secs(app.config.limits.max_answer_secs);
     let send_timeout = Duration::from_secs_f64(app.config.upstream.idle_timeout_secs);
-    loop {
+    let send = |data: Bytes| {
+        let tx = tx.clone();
+        async move {
+            let mut out = BytesMut::with_capacity(data.len() + 8);
+            crate::chat::frame_sse::write_event(&mut out, &data);
+            matches!(
+                tokio::time::timeout(send_timeout, tx.send(out.freeze())).await,
+                Ok(Ok(()))
+            )
+        }
+    };
+    'events: loop {
         // A client that leaves while the upstream is silent is noticed at once too.
         let next = tokio::select! {
             next = source.next() => next,
@@ -449,22 +464,21 @@ async fn relay(
             Ok(None) => break,
             Err(e) => {
                 failed = true;
-                let mut out = BytesMut::new();
                 let body = json!({"error": {"message": e.msg(), "type": "api_error", "code": "upstream_error"}});
-                crate::chat::frame_sse::write_event(&mut out, body.to_string().as_bytes());
-                let _ = tokio::time::timeout(send_timeout, tx.send(out.freeze())).await;
+                send(Bytes::from(body.to_string())).await;
                 break;
             }
         };
         let mut forward: Option<Bytes> = Some(event.data.clone());
+        let mut content = None;
         match chunk::parse_chunk(&event.data) {
             Ok(Chunk::Done) => break,
             Ok(Chunk::Delta {
-                content, usage: u, ..
+                content: c,
+                usage: u,
+                ..
             }) => {
-                if let Some(c) = content {
-                    text.push_str(&c);
-                }
+                content = c;
                 if u.is_some() {
                     usage = u;
                     if !client_wants_usage {
@@ -479,14 +493,27 @@ async fn relay(
             Err(_) => {}
         }
         if let Some(data) = forward {
-            let mut out = BytesMut::with_capacity(data.len() + 8);
-            crate::chat::frame_sse::write_event(&mut out, &data);
-            if !matches!(
-                tokio::time::timeout(send_timeout, tx.send(out.freeze())).await,
-                Ok(Ok(()))
-            ) {
-                // The client left: stop reading (dropping the source cancels the
-                // upstream request) and bill the prompt plus what was received.
+            let piece = content.as_deref().unwrap_or_default();
+            let verdict = gate.offer(data, piece, |raw, shown| {
+                text.push_str(shown);
+                ready.push(if raw.is_empty() {
+                    cut_chunk(&billing, shown)
+                } else {
+                    raw
+                });
+            });
+            for data in ready.drain(..) {
+                if !send(data).await {
+                    // The client left: stop reading (dropping the source cancels the
+                    // upstream request) and bill the prompt plus what was received.
+                    break 'events;
+                }
+            }
+            if verdict == crate::safety::Verdict::Blocked {
+                blocked = true;
+                let err = crate::safety::blocked();
+                let body = json!({"error": {"message": err.msg(), "type": "invalid_request_error", "code": "content_blocked"}});
+                send(Bytes::from(body.to_string())).await;
                 break;
             }
         }
@@ -495,13 +522,38 @@ async fn relay(
         }
     }
     drop(source);
+    gate.flush(|raw, shown| {
+        text.push_str(shown);
+        ready.push(raw);
+    });
+    for data in ready.drain(..) {
+        if !send(data).await {
+            break;
+        }
+    }
     let _ = tokio::time::timeout(
         send_timeout,
         tx.send(Bytes::from_static(b"data: [DONE]\n\n")),
     )
     .await;
-    let usage = usage.unwrap_or_else(|| counted(&billing, &text));
+    // A cut answer is billed for what was shown, whatever the upstream counted.
+    let usage = match usage {
+        Some(usage) if !blocked => usage,
+        _ => counted(&billing, &text),
+    };
     settle(app, &billing, &text, usage, failed, &channel).await;
+}
+
+/// A chunk carrying `text`: the part of an upstream event shown before a listed word.
+fn cut_chunk(billing: &Billing, text: &str) -> Bytes {
+    let chunk = json!({
+        "id": format!("chatcmpl-{}", billing.message_id),
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": billing.model,
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}],
+    });
+    Bytes::from(chunk.to_string())
 }
 
 /// A usage chunk the client did not ask for: dropped when it carries nothing else,

@@ -296,17 +296,21 @@ async fn a_client_that_gives_up_on_a_non_streamed_answer_leaves_no_hold_open() {
     let (key, _) = new_key(&gw, &token).await;
     let body =
         json!({"model": MODEL, "messages": [{"role": "user", "content": "slow"}]}).to_string();
-    let client = RawClient::send(
-        gw.addr,
-        "POST",
-        "/v1/chat/completions",
-        Some(&key),
-        &[],
-        body.as_bytes(),
+    // Send the request, and give up (an SDK timeout, a closed laptop) once the upstream
+    // has it but before it answers.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
     );
-    // Give up before the upstream answers (an SDK timeout, a closed laptop).
-    let _ = tokio::time::timeout(Duration::from_millis(100), client).await;
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, body.as_bytes())
+        .await
+        .unwrap();
     assert!(mock.wait_for_requests(1, Duration::from_secs(10)).await);
+    drop(stream);
     let mut settled = Value::Null;
     for _ in 0..500 {
         let (_, view) = gw

@@ -151,3 +151,63 @@ async fn a_clean_answer_arrives_whole_with_a_word_list_configured() {
     assert!(sse.done.is_some());
     gw.assert_ledger_ok().await;
 }
+
+#[tokio::test]
+async fn the_openai_api_stream_is_cut_before_a_listed_word_too() {
+    let mock = mock_with_word().await;
+    let gw = Gateway::start(|c| priced(c, &mock)).await;
+    let (token, user_id) = gw.register_with("api-user", 1000).await;
+    let (status, created) = gw
+        .json("POST", "/api/keys", Some(&token), &json!({"name": "t"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_string();
+    let request = json!({
+        "model": MODEL,
+        "stream": true,
+        "messages": [{"role": "user", "content": "hi"}],
+    })
+    .to_string();
+    let resp = gw
+        .raw(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            &[],
+            request.as_bytes(),
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    let parsed = parse_sse(&resp.body());
+    assert_eq!(parsed.content, BEFORE);
+    assert!(!parsed.data.iter().any(|d| d.contains('违')));
+    assert!(
+        parsed.data.iter().any(|d| d.contains("content_blocked")),
+        "{:?}",
+        parsed.data
+    );
+    // The question side: refused in OpenAI's shape.
+    let refused = json!({"model": MODEL, "messages": [{"role": "user", "content": "违禁词?"}]});
+    let (status, body) = gw
+        .json("POST", "/v1/chat/completions", Some(&key), &refused)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "content_blocked");
+    // Billed for what was shown: 1 micro per output token.
+    let shown_tokens = chatgate::tokens::count(BEFORE) as i64;
+    // (Settled by the server task right after the stream ends.)
+    for _ in 0..50 {
+        let (_, user) = gw
+            .admin("GET", &format!("/admin/users/{user_id}"), &json!({}))
+            .await;
+        if user["balance_micros"] == 1000 - shown_tokens {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, after) = gw
+        .admin("GET", &format!("/admin/users/{user_id}"), &json!({}))
+        .await;
+    assert_eq!(after["balance_micros"], 1000 - shown_tokens, "{after}");
+    gw.assert_ledger_ok().await;
+}
