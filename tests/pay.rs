@@ -1,10 +1,12 @@
-//! Online recharge against a simulated WeChat Pay API v3 with its own RSA key pair. The
-//! mock checks every request's `Authorization` signature against the merchant's public
-//! key (written here, independently of the gateway's code), signs its answers with its
-//! platform key, records orders, and sends notifications signed with the platform key
-//! and encrypted with the API v3 key. A paid order credits exactly once — one
-//! notification, the same one ten times at once, on two gateways sharing a database, or
-//! none (the order query and the sweep find it); forged, tampered, stale, unknown and
+//! Online recharge against a simulated WeChat Pay API v3 with its own RSA key pair
+//! (`chatgate::pay::mock`, also run as the `mock_wechat_pay` example). The mock checks
+//! every request's `Authorization` signature against the merchant's public key (with the
+//! RSA crate directly, independently of the gateway's `pay::crypto`), signs its answers
+//! with its platform key, records orders, and sends notifications signed with the platform
+//! key and encrypted with the API v3 key. A paid order credits exactly once — one
+//! notification, the same one ten times at once, on two gateways sharing a database, three
+//! at once or two in a row from the mock's `/mock/pay` hook, or none (the order query and
+//! the sweep find it); forged, tampered, stale, unknown and
 //! wrong-amount notifications credit nothing; expired orders are closed; the ledger
 //! invariant holds on SQLite, PostgreSQL and MySQL.
 
@@ -12,21 +14,15 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::Bytes;
 use chatgate::config::{Config, RechargePackage, WechatPayConfig};
+use chatgate::pay::mock::{
+    MockPay, MockPayConfig, Notification, NotifyMode, Sealing, seal_notification,
+};
 use common::{Gateway, RawClient, databases};
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::signature::{SignatureEncoding, Signer, Verifier};
@@ -66,6 +62,8 @@ fn keys() -> &'static Keys {
     })
 }
 
+/// Signing and verifying written here with the RSA crate, independently of the gateway's
+/// `pay::crypto`.
 fn sign(key: &RsaPrivateKey, message: &str) -> String {
     let signature = SigningKey::<Sha256>::new(key.clone()).sign(message.as_bytes());
     BASE64.encode(signature.to_bytes())
@@ -84,297 +82,40 @@ fn verifies(key: &RsaPublicKey, message: &str, signature: &str) -> bool {
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    chatgate::pay::mock::now_secs()
 }
 
-fn random_token(n: usize) -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..n].to_string()
+/// The simulated WeChat Pay API v3 (`chatgate::pay::mock`, also the `mock_wechat_pay`
+/// example) for the merchant account of these tests. It checks every request's signature
+/// with the merchant's public key and signs its answers with the platform key.
+async fn start_mock(notify: NotifyMode) -> MockPay {
+    MockPay::start(MockPayConfig {
+        mch_id: MCH_ID.into(),
+        app_id: APP_ID.into(),
+        api_v3_key: API_V3_KEY.into(),
+        merchant_serial_no: MERCHANT_SERIAL.into(),
+        platform_serial_no: PLATFORM_SERIAL.into(),
+        merchant_public_key: keys().merchant.to_public_key(),
+        platform_private_key: keys().platform.clone(),
+        notify,
+    })
+    .await
+    .unwrap()
 }
 
-/// An order as the mock WeChat Pay holds it.
-#[derive(Clone, Debug)]
-struct MockOrder {
-    /// The JSON the gateway sent to place it.
-    request: Value,
-    trade_type: &'static str,
-    prepay_id: String,
-    paid: bool,
-    closed: bool,
+/// A mock whose payments are notified only by the tests themselves.
+async fn mock_pay() -> MockPay {
+    start_mock(NotifyMode::default()).await
 }
 
-#[derive(Default)]
-struct MockState {
-    orders: HashMap<String, MockOrder>,
-    /// Requests whose `Authorization` did not verify (answered 401).
-    bad_signatures: usize,
-    /// `METHOD path` of every request, in order.
-    seen: Vec<String>,
-}
-
-/// The simulated WeChat Pay API v3.
-#[derive(Clone)]
-struct MockPay {
-    base: String,
-    state: Arc<Mutex<MockState>>,
-    /// Sign answers with a stranger's key (a man in the middle).
-    forge_answers: Arc<AtomicBool>,
-    requests: Arc<AtomicUsize>,
-}
-
-impl MockPay {
-    async fn start() -> MockPay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mock = MockPay {
-            base: format!("http://{}", listener.local_addr().unwrap()),
-            state: Arc::default(),
-            forge_answers: Arc::default(),
-            requests: Arc::default(),
-        };
-        let server = mock.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let mock = server.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let mock = mock.clone();
-                        async move { Ok::<_, Infallible>(mock.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        mock
-    }
-
-    async fn handle(
-        &self,
-        req: hyper::Request<hyper::body::Incoming>,
-    ) -> hyper::Response<Full<Bytes>> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        let method = req.method().to_string();
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap();
-        let auth = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let has_agent = req.headers().contains_key("user-agent");
-        let body = req.into_body().collect().await.unwrap().to_bytes();
-        let body = String::from_utf8(body.to_vec()).unwrap();
-        self.state
-            .lock()
-            .unwrap()
-            .seen
-            .push(format!("{method} {path}"));
-        if !has_agent || !self.authorized(&method, &path, &auth, &body) {
-            self.state.lock().unwrap().bad_signatures += 1;
-            return self.answer(
-                401,
-                json!({"code": "SIGN_ERROR", "message": "签名错误"}).to_string(),
-            );
-        }
-        let segments: Vec<&str> = path
-            .split('?')
-            .next()
-            .unwrap()
-            .trim_matches('/')
-            .split('/')
-            .collect();
-        match (method.as_str(), segments.as_slice()) {
-            ("POST", ["v3", "pay", "transactions", kind @ ("jsapi" | "native")]) => {
-                let request: Value = serde_json::from_str(&body).unwrap();
-                let no = request["out_trade_no"].as_str().unwrap().to_string();
-                let prepay_id = format!("wx{}", random_token(30));
-                let order = MockOrder {
-                    request,
-                    trade_type: if *kind == "jsapi" { "JSAPI" } else { "NATIVE" },
-                    prepay_id: prepay_id.clone(),
-                    paid: false,
-                    closed: false,
-                };
-                self.state.lock().unwrap().orders.insert(no.clone(), order);
-                let answer = if *kind == "jsapi" {
-                    json!({ "prepay_id": prepay_id })
-                } else {
-                    json!({ "code_url": format!("weixin://wxpay/bizpayurl?pr={}", &prepay_id[2..12]) })
-                };
-                self.answer(200, answer.to_string())
-            }
-            ("GET", ["v3", "pay", "transactions", "out-trade-no", no]) => {
-                assert!(path.ends_with(&format!("?mchid={MCH_ID}")), "{path}");
-                match self.transaction(no, None) {
-                    Some(tx) => self.answer(200, tx.to_string()),
-                    None => self.answer(
-                        404,
-                        json!({"code": "ORDER_NOT_EXIST", "message": "订单不存在"}).to_string(),
-                    ),
-                }
-            }
-            ("POST", ["v3", "pay", "transactions", "out-trade-no", no, "close"]) => {
-                let request: Value = serde_json::from_str(&body).unwrap();
-                assert_eq!(request["mchid"], MCH_ID);
-                let mut state = self.state.lock().unwrap();
-                match state.orders.get_mut(*no) {
-                    Some(order) if order.paid => {
-                        drop(state);
-                        self.answer(
-                            400,
-                            json!({"code": "ORDER_PAID", "message": "订单已支付"}).to_string(),
-                        )
-                    }
-                    Some(order) => {
-                        order.closed = true;
-                        drop(state);
-                        self.answer(204, String::new())
-                    }
-                    None => {
-                        drop(state);
-                        self.answer(
-                            404,
-                            json!({"code": "ORDER_NOT_EXIST", "message": "订单不存在"}).to_string(),
-                        )
-                    }
-                }
-            }
-            _ => self.answer(
-                404,
-                json!({"code": "NOT_FOUND", "message": "no such API"}).to_string(),
-            ),
-        }
-    }
-
-    /// Checks `Authorization` the way WeChat Pay documents it, with the merchant's
-    /// public key.
-    fn authorized(&self, method: &str, path: &str, auth: &str, body: &str) -> bool {
-        let Some(params) = auth.strip_prefix("WECHATPAY2-SHA256-RSA2048 ") else {
-            return false;
-        };
-        let fields: HashMap<&str, &str> = params
-            .split(',')
-            .filter_map(|kv| {
-                let (k, v) = kv.split_once('=')?;
-                Some((k.trim(), v.trim().strip_prefix('"')?.strip_suffix('"')?))
-            })
-            .collect();
-        let (Some(mchid), Some(nonce), Some(ts), Some(serial), Some(signature)) = (
-            fields.get("mchid"),
-            fields.get("nonce_str"),
-            fields.get("timestamp"),
-            fields.get("serial_no"),
-            fields.get("signature"),
-        ) else {
-            return false;
-        };
-        if *mchid != MCH_ID || *serial != MERCHANT_SERIAL {
-            return false;
-        }
-        let Ok(ts_value) = ts.parse::<i64>() else {
-            return false;
-        };
-        if (now_secs() - ts_value).abs() > 300 {
-            return false;
-        }
-        let message = format!("{method}\n{path}\n{ts}\n{nonce}\n{body}\n");
-        verifies(&keys().merchant.to_public_key(), &message, signature)
-    }
-
-    /// An answer signed with the platform key (or a stranger's, when forging).
-    fn answer(&self, status: u16, body: String) -> hyper::Response<Full<Bytes>> {
-        let ts = now_secs().to_string();
-        let nonce = random_token(32);
-        let key = if self.forge_answers.load(Ordering::SeqCst) {
-            &keys().stranger
-        } else {
-            &keys().platform
-        };
-        let signature = sign(key, &format!("{ts}\n{nonce}\n{body}\n"));
-        hyper::Response::builder()
-            .status(status)
-            .header("Content-Type", "application/json")
-            .header("Wechatpay-Timestamp", ts)
-            .header("Wechatpay-Nonce", nonce)
-            .header("Wechatpay-Signature", signature)
-            .header("Wechatpay-Serial", PLATFORM_SERIAL)
-            .body(Full::new(Bytes::from(body)))
-            .unwrap()
-    }
-
-    /// The transaction of order `no` as WeChat Pay reports it (`total` overrides the
-    /// amount); `None` if WeChat Pay never saw the order.
-    fn transaction(&self, no: &str, total: Option<i64>) -> Option<Value> {
-        let state = self.state.lock().unwrap();
-        let order = state.orders.get(no)?;
-        let trade_state = if order.paid {
-            "SUCCESS"
-        } else if order.closed {
-            "CLOSED"
-        } else {
-            "NOTPAY"
-        };
-        let total = total.unwrap_or_else(|| order.request["amount"]["total"].as_i64().unwrap());
-        let mut tx = json!({
-            "appid": order.request["appid"],
-            "mchid": order.request["mchid"],
-            "out_trade_no": no,
-            "trade_type": order.trade_type,
-            "trade_state": trade_state,
-            "trade_state_desc": trade_state,
-            "bank_type": "OTHERS",
-            "amount": {"total": total, "payer_total": total, "currency": "CNY", "payer_currency": "CNY"},
-            "payer": {"openid": order.request["payer"]["openid"].as_str().unwrap_or("o-scanner")},
-        });
-        if order.paid {
-            tx["transaction_id"] = json!(format!("42000{}", &order.prepay_id[2..20]));
-            tx["success_time"] = json!("2026-11-22T10:34:56+08:00");
-        }
-        Some(tx)
-    }
-
-    /// The payer pays order `no` (scans the QR code, or `requestPayment` succeeds).
-    fn pay(&self, no: &str) {
-        let mut state = self.state.lock().unwrap();
-        state
-            .orders
-            .get_mut(no)
-            .expect("order placed at the mock")
-            .paid = true;
-    }
-
-    fn order(&self, no: &str) -> Option<MockOrder> {
-        self.state.lock().unwrap().orders.get(no).cloned()
-    }
-
-    fn bad_signatures(&self) -> usize {
-        self.state.lock().unwrap().bad_signatures
-    }
-
-    fn saw(&self, what: &str) -> bool {
-        self.state
-            .lock()
-            .unwrap()
-            .seen
-            .iter()
-            .any(|s| s.starts_with(what))
-    }
-}
-
-/// A notification as WeChat Pay sends it: headers and body.
-struct Notice {
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+/// Every request the gateway sent the mock was signed right and well-formed.
+fn assert_all_accepted(mock: &MockPay) {
+    assert_eq!(mock.bad_signatures(), 0, "every request verified");
+    assert_eq!(
+        mock.bad_requests(),
+        Vec::<String>::new(),
+        "every request well-formed"
+    );
 }
 
 /// How to spoil a notification.
@@ -394,75 +135,40 @@ enum Spoil {
 }
 
 /// A `TRANSACTION.SUCCESS` notification carrying `tx`.
-fn notice(tx: &Value, spoil: Spoil) -> Notice {
-    let key: &[u8] = if spoil == Spoil::OtherApiKey {
-        b"00000000000000000000000000000000"
-    } else {
-        API_V3_KEY.as_bytes()
-    };
-    let nonce = random_token(12);
-    let mut sealed = Aes256Gcm::new_from_slice(key)
-        .unwrap()
-        .encrypt(
-            &Nonce::from(<[u8; 12]>::try_from(nonce.as_bytes()).unwrap()),
-            Payload {
-                msg: tx.to_string().as_bytes(),
-                aad: b"transaction",
+fn notice(tx: &Value, spoil: Spoil) -> Notification {
+    let mut notification = seal_notification(
+        tx,
+        &Sealing {
+            api_v3_key: if spoil == Spoil::OtherApiKey {
+                b"00000000000000000000000000000000"
+            } else {
+                API_V3_KEY.as_bytes()
             },
-        )
-        .unwrap();
-    if spoil == Spoil::TamperedCiphertext {
-        sealed[5] ^= 0x40;
+            signer: if spoil == Spoil::ForgedSignature {
+                &keys().stranger
+            } else {
+                &keys().platform
+            },
+            serial: PLATFORM_SERIAL,
+            timestamp: if spoil == Spoil::Stale {
+                now_secs() - 600
+            } else {
+                now_secs()
+            },
+            tamper_ciphertext: spoil == Spoil::TamperedCiphertext,
+        },
+    )
+    .unwrap();
+    if spoil == Spoil::AlteredBody {
+        let body = String::from_utf8(notification.body).unwrap();
+        assert!(body.contains("支付成功"));
+        notification.body = body.replace("支付成功", "支付成功 ").into_bytes();
     }
-    let body = json!({
-        "id": format!("EV-{}", random_token(20)),
-        "create_time": "2026-11-22T10:34:56+08:00",
-        "resource_type": "encrypt-resource",
-        "event_type": "TRANSACTION.SUCCESS",
-        "summary": "支付成功",
-        "resource": {
-            "original_type": "transaction",
-            "algorithm": "AEAD_AES_256_GCM",
-            "ciphertext": BASE64.encode(&sealed),
-            "associated_data": "transaction",
-            "nonce": nonce,
-        }
-    })
-    .to_string();
-    let ts = if spoil == Spoil::Stale {
-        now_secs() - 600
-    } else {
-        now_secs()
-    };
-    let sig_nonce = random_token(32);
-    let signer = if spoil == Spoil::ForgedSignature {
-        &keys().stranger
-    } else {
-        &keys().platform
-    };
-    let signature = sign(signer, &format!("{ts}\n{sig_nonce}\n{body}\n"));
-    let body = if spoil == Spoil::AlteredBody {
-        body.replace("支付成功", "支付成功 ")
-    } else {
-        body
-    };
-    Notice {
-        headers: vec![
-            ("Wechatpay-Timestamp".into(), ts.to_string()),
-            ("Wechatpay-Nonce".into(), sig_nonce),
-            ("Wechatpay-Signature".into(), signature),
-            ("Wechatpay-Serial".into(), PLATFORM_SERIAL.into()),
-            (
-                "Wechatpay-Signature-Type".into(),
-                "WECHATPAY2-SHA256-RSA2048".into(),
-            ),
-        ],
-        body: body.into_bytes(),
-    }
+    notification
 }
 
 /// Posts a notification to a gateway; the status and the body.
-async fn deliver(addr: std::net::SocketAddr, notice: &Notice) -> (u16, Value) {
+async fn deliver(addr: std::net::SocketAddr, notice: &Notification) -> (u16, Value) {
     let headers: Vec<(&str, &str)> = notice
         .headers
         .iter()
@@ -523,7 +229,7 @@ fn packages() -> Vec<RechargePackage> {
 
 /// Points the gateway at the mock with the merchant account of these tests.
 fn with_pay(config: &mut Config, mock: &MockPay, files: &tempfile::TempDir) {
-    config.wechat.pay_api_base = mock.base.clone();
+    config.wechat.pay_api_base = mock.base_url();
     config.wechat_pay = Some(WechatPayConfig {
         mch_id: MCH_ID.into(),
         app_id: APP_ID.into(),
@@ -620,7 +326,7 @@ async fn stored_status(gw: &Gateway, id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jsapi_and_native_orders_are_signed_both_ways() {
-    let mock = MockPay::start().await;
+    let mock = mock_pay().await;
     let gw = start(None, &mock).await;
     let (token, _) = user(&gw, "mp-user", Some("o-mp-user")).await;
 
@@ -709,7 +415,7 @@ async fn jsapi_and_native_orders_are_signed_both_ways() {
     );
     assert!(native.get("pay_params").is_none());
     assert_eq!(order_status(&gw, &token, id).await["status"], "pending");
-    assert_eq!(mock.bad_signatures(), 0, "every request verified");
+    assert_all_accepted(&mock);
 
     // Refusals: no openid for JSAPI, unknown package, bad channel, someone else's order.
     let (plain_token, _) = user(&gw, "h5-user", None).await;
@@ -747,14 +453,14 @@ async fn jsapi_and_native_orders_are_signed_both_ways() {
     assert_eq!(status, 401);
 
     // An answer not signed by WeChat Pay is not believed: the order fails and is closed.
-    mock.forge_answers.store(true, Ordering::SeqCst);
+    mock.sign_answers_with(Some(keys().stranger.clone()));
     let (status, body) = order(&gw, &token, "p10", "native").await;
     assert_eq!(
         (status, body["code"].as_i64()),
         (502, Some(11000)),
         "{body}"
     );
-    mock.forge_answers.store(false, Ordering::SeqCst);
+    mock.sign_answers_with(None);
     let closed = entity::pay_order::Entity::find()
         .filter(entity::pay_order::Column::Status.eq("closed"))
         .all(&gw.app.db)
@@ -771,7 +477,7 @@ async fn jsapi_and_native_orders_are_signed_both_ways() {
         &format!("POST\n{path}\n{ts}\nNONCE\n{{}}\n"),
     );
     let probe = reqwest::Client::new()
-        .post(format!("{}{path}", mock.base))
+        .post(format!("{}{path}", mock.base_url()))
         .header("User-Agent", "probe")
         .header(
             "Authorization",
@@ -785,16 +491,17 @@ async fn jsapi_and_native_orders_are_signed_both_ways() {
         .unwrap();
     assert_eq!(probe.status(), 401);
     assert_eq!(mock.bad_signatures(), 1);
+    assert!(mock.bad_requests().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_notification_ten_times_at_once_credits_once() {
     for (db, url) in databases().await {
-        let mock = MockPay::start().await;
+        let mock = mock_pay().await;
         let gw = start(url, &mock).await;
         let (token, user_id) = user(&gw, "payer", None).await;
         let id = native_order(&gw, &token, "p10").await;
-        mock.pay(&id);
+        assert!(mock.pay(&id));
         let tx = mock.transaction(&id, None).unwrap();
 
         let (status, _) = deliver(gw.addr, &notice(&tx, Spoil::None)).await;
@@ -807,10 +514,7 @@ async fn one_notification_ten_times_at_once_credits_once() {
         let mut tasks = Vec::new();
         for i in 0..10 {
             let n = if i % 2 == 0 {
-                Notice {
-                    headers: same.headers.clone(),
-                    body: same.body.clone(),
-                }
+                same.clone()
             } else {
                 notice(&tx, Spoil::None)
             };
@@ -830,6 +534,7 @@ async fn one_notification_ten_times_at_once_credits_once() {
         assert_eq!(view["balance_micros"], P10.2, "{db}");
         assert!(view["paid_at"].as_i64().is_some());
         gw.assert_ledger_ok().await;
+        assert_all_accepted(&mock);
     }
 }
 
@@ -843,14 +548,14 @@ async fn concurrent_notifications_on_two_gateways_credit_once() {
                 dir.path().join("shared.db").display()
             )
         });
-        let mock = MockPay::start().await;
+        let mock = mock_pay().await;
         let a = start(Some(url.clone()), &mock).await;
         let b = start(Some(url), &mock).await;
         let (token, user_id) = user(&a, "two-replicas", None).await;
         let mut ids = Vec::new();
         for _ in 0..3 {
             let id = native_order(&a, &token, "p30").await;
-            mock.pay(&id);
+            assert!(mock.pay(&id));
             ids.push(id);
         }
         // Every order: five notifications to each replica, and order queries on both,
@@ -889,17 +594,18 @@ async fn concurrent_notifications_on_two_gateways_credit_once() {
         }
         a.assert_ledger_ok().await;
         b.assert_ledger_ok().await;
+        assert_all_accepted(&mock);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_notifications_credit_nothing() {
     for (db, url) in databases().await {
-        let mock = MockPay::start().await;
+        let mock = mock_pay().await;
         let gw = start(url, &mock).await;
         let (token, user_id) = user(&gw, "victim", None).await;
         let id = native_order(&gw, &token, "p10").await;
-        mock.pay(&id);
+        assert!(mock.pay(&id));
         let tx = mock.transaction(&id, None).unwrap();
 
         // Must come again (4xx + FAIL): not from WeChat Pay, or not readable.
@@ -952,20 +658,21 @@ async fn bad_notifications_credit_nothing() {
         assert_eq!(balance(&gw, &token).await, P10.2, "{db}");
         assert_eq!(pay_entries(&gw, user_id).await.len(), 1, "{db}");
         gw.assert_ledger_ok().await;
+        assert_all_accepted(&mock);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_notification_is_found_by_the_query_and_the_sweep() {
     for (db, url) in databases().await {
-        let mock = MockPay::start().await;
+        let mock = mock_pay().await;
         let gw = start(url, &mock).await;
         let (token, user_id) = user(&gw, "lost", None).await;
 
         // The order query finds the payment.
         let a = native_order(&gw, &token, "p10").await;
         assert_eq!(order_status(&gw, &token, &a).await["status"], "pending");
-        mock.pay(&a);
+        assert!(mock.pay(&a));
         for _ in 0..3 {
             let view = order_status(&gw, &token, &a).await;
             assert_eq!(view["status"], "paid", "{db}");
@@ -981,7 +688,7 @@ async fn a_lost_notification_is_found_by_the_query_and_the_sweep() {
             Default::default(),
             "{db}: unpaid orders stay pending"
         );
-        mock.pay(&b);
+        assert!(mock.pay(&b));
         let swept = chatgate::pay::reconcile::run_once(&gw.app).await.unwrap();
         assert_eq!((swept.paid, swept.closed), (1, 0), "{db}");
         assert_eq!(stored_status(&gw, &b).await, "paid");
@@ -996,7 +703,7 @@ async fn a_lost_notification_is_found_by_the_query_and_the_sweep() {
 
         assert_eq!(balance(&gw, &token).await, P10.2 + P30.2, "{db}");
         assert_eq!(pay_entries(&gw, user_id).await.len(), 2, "{db}");
-        assert_eq!(mock.bad_signatures(), 0);
+        assert_all_accepted(&mock);
         gw.assert_ledger_ok().await;
     }
 }
@@ -1004,7 +711,7 @@ async fn a_lost_notification_is_found_by_the_query_and_the_sweep() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_orders_are_closed_and_a_late_payment_still_credits() {
     for (db, url) in databases().await {
-        let mock = MockPay::start().await;
+        let mock = mock_pay().await;
         let gw = start(url, &mock).await;
         let (token, user_id) = user(&gw, "slow-payer", None).await;
         let expired = native_order(&gw, &token, "p10").await;
@@ -1035,14 +742,8 @@ async fn expired_orders_are_closed_and_a_late_payment_still_credits() {
         assert_eq!(order_status(&gw, &token, &fresh).await["status"], "pending");
 
         // The payer paid just as it closed: WeChat Pay took the money, so it credits.
-        mock.state
-            .lock()
-            .unwrap()
-            .orders
-            .get_mut(&expired)
-            .unwrap()
-            .closed = false;
-        mock.pay(&expired);
+        assert!(mock.set_closed(&expired, false));
+        assert!(mock.pay(&expired));
         let tx = mock.transaction(&expired, None).unwrap();
         assert_eq!(deliver(gw.addr, &notice(&tx, Spoil::None)).await.0, 204);
         assert_eq!(deliver(gw.addr, &notice(&tx, Spoil::None)).await.0, 204);
@@ -1050,7 +751,133 @@ async fn expired_orders_are_closed_and_a_late_payment_still_credits() {
         assert_eq!(balance(&gw, &token).await, P10.2, "{db}");
         assert_eq!(pay_entries(&gw, user_id).await.len(), 1);
         gw.assert_ledger_ok().await;
+        assert_all_accepted(&mock);
     }
+}
+
+/// The `/mock/pay` hook, as the `mock_wechat_pay` example, `tests/pay_e2e.sh` and the
+/// browser test use it: the payer scans the code URL (or `requestPayment` succeeds) and the
+/// mock sends the notification to the gateway three times at once, twice in a row, or never
+/// — each payment credits once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_pay_hook_credits_once_whatever_the_notifications_do() {
+    let mock = start_mock(NotifyMode {
+        url: None,
+        times: 3,
+        concurrent: true,
+        lose: false,
+    })
+    .await;
+    let gw = start(None, &mock).await;
+    let client = reqwest::Client::new();
+    let hook = |path: &str, body: Value| {
+        let request = client
+            .post(format!("{}/mock/{path}", mock.base_url()))
+            .json(&body);
+        async move {
+            let resp = request.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    // The gateway's address is known after the mock started: tell it where to notify.
+    let notify_url = format!("http://{}/pay/wechat/notify", gw.addr);
+    let (status, mode) = hook("config", json!({ "notify_url": notify_url })).await;
+    assert_eq!(status, 200, "{mode}");
+    assert_eq!(mode["notify_times"], 3);
+    assert_eq!(mock.notify_mode().url.as_deref(), Some(notify_url.as_str()));
+    let (token, user_id) = user(&gw, "scanner", None).await;
+
+    // Scanned and paid: three notifications at once, all handled, one credit.
+    let (status, native) = order(&gw, &token, "p10", "native").await;
+    assert_eq!(status, 200, "{native}");
+    let a = native["order_id"].as_str().unwrap().to_string();
+    let (status, paid) = hook("pay", json!({ "code_url": native["code_url"] })).await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["out_trade_no"], a.as_str());
+    assert_eq!(paid["amount"], 1000);
+    assert_eq!(
+        paid["notifications"],
+        json!([{"status": 204}, {"status": 204}, {"status": 204}])
+    );
+    assert_eq!(stored_status(&gw, &a).await, "paid");
+    assert_eq!(balance(&gw, &token).await, P10.2);
+    assert_eq!(order_status(&gw, &token, &a).await["status"], "paid");
+
+    // Lost: nothing is sent, the order stays pending until the order query finds it.
+    let (_, native) = order(&gw, &token, "p30", "native").await;
+    let b = native["order_id"].as_str().unwrap().to_string();
+    let (status, paid) = hook(
+        "pay",
+        json!({ "code_url": native["code_url"], "lose": true }),
+    )
+    .await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["notifications"], json!([]));
+    assert_eq!(stored_status(&gw, &b).await, "pending");
+    assert_eq!(balance(&gw, &token).await, P10.2);
+    for _ in 0..2 {
+        assert_eq!(order_status(&gw, &token, &b).await["status"], "paid");
+    }
+    assert_eq!(balance(&gw, &token).await, P10.2 + P30.2);
+    let entries = pay_entries(&gw, user_id).await;
+    assert_eq!(entries.len(), 2);
+
+    // JSAPI, by out_trade_no: two notifications one after another.
+    let (mp_token, mp_user) = user(&gw, "mp-payer", Some("o-mp-payer")).await;
+    let (status, jsapi) = order(&gw, &mp_token, "p10", "jsapi").await;
+    assert_eq!(status, 200, "{jsapi}");
+    let c = jsapi["order_id"].as_str().unwrap().to_string();
+    let (status, paid) = hook(
+        "pay",
+        json!({ "out_trade_no": c, "notify_times": 2, "concurrent": false }),
+    )
+    .await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(
+        paid["notifications"],
+        json!([{"status": 204}, {"status": 204}])
+    );
+    assert_eq!(balance(&gw, &mp_token).await, P10.2);
+    assert_eq!(pay_entries(&gw, mp_user).await.len(), 1);
+    assert_eq!(
+        mock.order(&c).unwrap().notifications,
+        vec![Ok(204), Ok(204)]
+    );
+
+    // Refusals: an unknown code URL, a bad mode, a closed order.
+    let (status, _) = hook(
+        "pay",
+        json!({ "code_url": "weixin://wxpay/bizpayurl?pr=nope" }),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = hook("pay", json!({ "out_trade_no": c, "notify_times": "x" })).await;
+    assert_eq!(status, 400);
+    let (_, native) = order(&gw, &token, "p10", "native").await;
+    let d = native["order_id"].as_str().unwrap().to_string();
+    assert!(mock.set_closed(&d, true));
+    let (status, _) = hook("pay", json!({ "out_trade_no": d })).await;
+    assert_eq!(status, 409);
+    assert_eq!(order_status(&gw, &token, &d).await["status"], "closed");
+
+    let listed = client
+        .get(format!("{}/mock/orders", mock.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(listed["orders"].as_array().unwrap().len(), 4, "{listed}");
+    assert_eq!(listed["bad_signatures"], 0);
+    assert_eq!(
+        balance(&gw, &token).await,
+        P10.2 + P30.2,
+        "each payment once"
+    );
+    assert_all_accepted(&mock);
+    gw.assert_ledger_ok().await;
 }
 
 #[tokio::test]
@@ -1076,7 +903,7 @@ async fn without_wechat_pay_packages_are_listed_and_orders_refused() {
 
 #[tokio::test]
 async fn bad_key_files_stop_the_start_with_one_line() {
-    let mock = MockPay::start().await;
+    let mock = mock_pay().await;
     let files = key_files();
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::test_config(&dir);

@@ -8,10 +8,13 @@
 //! - [`reconcile`] — the order query and the periodic sweep (lost notifications,
 //!   expired orders).
 //! - [`handlers`] — `/api/pay/*` and `POST /pay/wechat/notify`.
+//! - [`mock`] — a mock WeChat Pay API v3 (its own keys, signed answers, notifications) for
+//!   the tests and the `mock_wechat_pay` example.
 
 pub mod api;
 pub mod crypto;
 pub mod handlers;
+pub mod mock;
 pub mod orders;
 pub mod reconcile;
 

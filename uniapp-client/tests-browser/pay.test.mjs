@@ -1,6 +1,7 @@
 // Browser test of WeChat Pay recharge on the built H5 page (Native QR code), through Debian's
 // Chromium and playwright-core:
 //   CHATGATE_URL=http://127.0.0.1:8080 CHATGATE_PAY_MOCK_URL=http://127.0.0.1:9090 npm run test:browser
+// (CHATGATE_PAY_PACKAGE=ID buys that package instead of the first one listed.)
 // Runs only when the gateway has WeChat Pay configured: GET /api/pay/packages must list a package
 // and POST /api/pay/orders (channel "native") must succeed; otherwise it prints
 // "skipped: pay not configured" and passes. The payment itself is simulated by the mock pay
@@ -12,6 +13,8 @@ import fs from 'node:fs'
 
 const BASE = (process.env.CHATGATE_URL || '').replace(/\/+$/, '')
 const MOCK = (process.env.CHATGATE_PAY_MOCK_URL || '').replace(/\/+$/, '')
+// The package to buy (its id); the first one listed by default.
+const PACKAGE = process.env.CHATGATE_PAY_PACKAGE || ''
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
 const SHOT = (process.env.CHATGATE_SCREENSHOT || '/tmp/chatgate-h5.png').replace(/\.png$/, '-pay.png')
 let skip = false
@@ -43,7 +46,7 @@ test('H5 WeChat Pay recharge (Native QR) in Chromium', { skip, timeout: 300000 }
   const username = 'pay_' + Date.now().toString(36) + Math.random().toString(36).slice(2, 6)
   const password = 'secret-' + username
   const reg = await api('POST', '/api/auth/register', null, { username, password })
-  assert.equal(reg.status, 200, 'register: ' + reg.text)
+  assert.ok(reg.status === 200 || reg.status === 201, `register: ${reg.status} ${reg.text}`)
   const token = reg.json.token
   const pk = await api('GET', '/api/pay/packages')
   const packages = (pk.status === 200 && pk.json && Array.isArray(pk.json.packages) && pk.json.packages) || []
@@ -56,7 +59,8 @@ test('H5 WeChat Pay recharge (Native QR) in Chromium', { skip, timeout: 300000 }
     console.log(`# skipped: pay not configured (POST /api/pay/orders → ${probe.status} ${probe.text.slice(0, 200)})`)
     return
   }
-  const pkg = packages[0]
+  const pkg = PACKAGE ? packages.find((p) => p.id === PACKAGE) : packages[0]
+  assert.ok(pkg, `CHATGATE_PAY_PACKAGE=${PACKAGE} is not among the packages ${packages.map((p) => p.id).join(', ')}`)
 
   const { chromium } = await import('playwright-core')
   const browser = await chromium.launch({
@@ -85,8 +89,7 @@ test('H5 WeChat Pay recharge (Native QR) in Chromium', { skip, timeout: 300000 }
       await page.locator('[data-testid=chat-input]').waitFor()
       await page.goto(BASE + '/#/pages/me/me')
       await page.waitForFunction((n) => document.querySelectorAll('[data-testid=pay-package]').length === n, packages.length)
-      const first = page.locator('[data-testid=pay-package]').first()
-      const row = await first.innerText()
+      const row = await page.locator(`[data-testid=pay-package][data-package-id="${pkg.id}"]`).innerText()
       assert.ok(row.includes(pkg.title), `package row "${row}" shows the title ${pkg.title}`)
       const price = '¥' + (pkg.price_fen / 100).toFixed(2)
       assert.ok(row.includes(price), `package row "${row}" shows the price ${price}`)
@@ -98,7 +101,7 @@ test('H5 WeChat Pay recharge (Native QR) in Chromium', { skip, timeout: 300000 }
     await t.test('buy: the QR code appears with the amount', async () => {
       await page.waitForFunction(() => /¥/.test(document.querySelector('[data-testid=balance]')?.innerText || ''))
       const created = page.waitForResponse((r) => r.url().endsWith('/api/pay/orders') && r.request().method() === 'POST')
-      await page.locator('[data-testid=pay-buy]').first().click()
+      await page.locator(`[data-testid=pay-package][data-package-id="${pkg.id}"] [data-testid=pay-buy]`).click()
       const res = await created
       assert.equal(res.status(), 200, 'order creation from the page')
       order = await res.json()
@@ -141,6 +144,11 @@ test('H5 WeChat Pay recharge (Native QR) in Chromium', { skip, timeout: 300000 }
       await new Promise((r) => setTimeout(r, 4000))
       const meLater = await api('GET', '/api/me', token)
       assert.equal(meLater.json.balance_micros, meAfter.json.balance_micros)
+      // For tests/pay_e2e.sh, which checks the same through the admin API.
+      console.log(
+        `# pay-e2e user_id=${meLater.json.id} order_id=${order.order_id} package=${pkg.id} ` +
+          `credit_micros=${pkg.credit_micros} balance_before=${meBefore.json.balance_micros} balance_after=${meLater.json.balance_micros}`,
+      )
       await page.screenshot({ path: SHOT })
     })
 
