@@ -86,14 +86,8 @@ async fn run(args: &Args, mock: &MockUpstream, url: &str) -> Result<Vec<f64>, Er
         jwt_secret: Some("bench".into()),
         free_messages_per_day: 0,
         channels: vec![Channel {
-            name: "mock".into(),
-            base_url: mock.base_url(),
-            api_keys: vec![],
             models: vec!["m".into()],
-            priority: 0,
-            weight: 1,
-            include_usage: true,
-            proxy: None,
+            ..Channel::new("mock", mock.base_url())
         }],
         models: [(
             "m".to_string(),

@@ -224,6 +224,22 @@ pub struct Channel {
     pub proxy: Option<String>,
 }
 
+impl Channel {
+    /// A channel with no keys serving every model, priority 0, weight 1.
+    pub fn new(name: &str, base_url: impl Into<String>) -> Self {
+        Self {
+            name: name.to_string(),
+            base_url: base_url.into(),
+            api_keys: Vec::new(),
+            models: Vec::new(),
+            priority: 0,
+            weight: 1,
+            include_usage: true,
+            proxy: None,
+        }
+    }
+}
+
 fn one() -> u32 {
     1
 }
@@ -500,14 +516,8 @@ impl Config {
                     })
                     .unwrap_or_default();
                 self.channels = vec![Channel {
-                    name: "env".into(),
-                    base_url,
                     api_keys,
-                    models: Vec::new(),
-                    priority: 0,
-                    weight: 1,
-                    include_usage: true,
-                    proxy: None,
+                    ..Channel::new("env", base_url)
                 }];
             }
             None if keys.is_some() => {

@@ -18,14 +18,9 @@ const MODEL: &str = "gpt-4o-mini";
 
 fn use_mock(config: &mut Config, mock: &MockUpstream) {
     config.channels = vec![Channel {
-        name: "mock".into(),
-        base_url: mock.base_url(),
         api_keys: vec!["key-1".into()],
         models: vec![MODEL.into()],
-        priority: 0,
-        weight: 1,
-        include_usage: true,
-        proxy: None,
+        ..Channel::new("mock", mock.base_url())
     }];
     config.models.insert(
         MODEL.into(),
@@ -351,14 +346,8 @@ async fn upstream_failures_are_code_11000_in_both_framings() {
         .unwrap();
     let gw = Gateway::start(|c| {
         c.channels = vec![Channel {
-            name: "dead".into(),
-            base_url: format!("http://{closed}/v1"),
-            api_keys: vec![],
             models: vec![MODEL.into()],
-            priority: 0,
-            weight: 1,
-            include_usage: true,
-            proxy: None,
+            ..Channel::new("dead", format!("http://{closed}/v1"))
         }];
     })
     .await;

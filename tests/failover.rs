@@ -9,23 +9,9 @@ mod common;
 
 use std::collections::HashMap;
 
-use chatgate::config::Channel;
 use chatgate::mock_upstream::{self, Fault, MockConfig, MockUpstream};
 use common::{Gateway, parse_mp, parse_sse};
 use serde_json::{Value, json};
-
-fn channel(name: &str, base_url: String, keys: &[&str], priority: i32) -> Channel {
-    Channel {
-        name: name.into(),
-        base_url,
-        api_keys: keys.iter().map(|k| k.to_string()).collect(),
-        models: vec!["gpt-4o-mini".into()],
-        priority,
-        weight: 1,
-        include_usage: true,
-        proxy: None,
-    }
-}
 
 #[tokio::test]
 async fn dead_channels_and_bad_keys_are_skipped_and_healthy_keys_share_the_load() {
@@ -44,8 +30,8 @@ async fn dead_channels_and_bad_keys_are_skipped_and_healthy_keys_share_the_load(
     .unwrap();
     let gw = Gateway::start(|c| {
         c.channels = vec![
-            channel("dead", format!("http://{closed}/v1"), &["k-dead"], 0),
-            channel(
+            common::pool_channel("dead", format!("http://{closed}/v1"), &["k-dead"], 0),
+            common::pool_channel(
                 "live",
                 mock.base_url(),
                 &["k-revoked", "k1", "k-busy", "k2"],
@@ -134,7 +120,7 @@ async fn a_hang_before_the_first_byte_and_a_stall_mid_stream_hit_their_timeouts(
     .await
     .unwrap();
     let gw = Gateway::start(|c| {
-        c.channels = vec![channel("slow", mock.base_url(), &[], 0)];
+        c.channels = vec![common::pool_channel("slow", mock.base_url(), &[], 0)];
         c.upstream.first_byte_timeout_secs = 0.3;
         c.upstream.idle_timeout_secs = 0.3;
     })
@@ -221,9 +207,11 @@ async fn a_channel_reaches_its_upstream_through_its_http_or_socks5_proxy() {
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
     let (socks, asked) = socks5_proxy(mock.addr()).await;
     // `.invalid` never resolves: an answer proves the request went through the proxy.
-    let mut via_http = channel("via-http", "http://upstream.invalid/v1".into(), &["k"], 0);
+    let mut via_http =
+        common::pool_channel("via-http", "http://upstream.invalid/v1".into(), &["k"], 0);
     via_http.proxy = Some(format!("http://{}", mock.addr()));
-    let mut via_socks = channel("via-socks", "http://socks.invalid/v1".into(), &["k"], 1);
+    let mut via_socks =
+        common::pool_channel("via-socks", "http://socks.invalid/v1".into(), &["k"], 1);
     via_socks.proxy = Some(format!("socks5h://{socks}"));
     for (name, ch) in [("http", via_http), ("socks5", via_socks)] {
         let gw = Gateway::start(|c| c.channels = vec![ch]).await;

@@ -16,14 +16,8 @@ async fn images_are_kept_served_billed_once_and_expire() {
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
     let gw = Gateway::start(|c| {
         c.channels = vec![Channel {
-            name: "mock".into(),
-            base_url: mock.base_url(),
-            api_keys: vec![],
             models: vec!["gpt-4o-mini".into(), "dall-e-3".into()],
-            priority: 0,
-            weight: 1,
-            include_usage: true,
-            proxy: None,
+            ..Channel::new("mock", mock.base_url())
         }];
         c.models.insert(
             "dall-e-3".into(),

@@ -48,16 +48,7 @@ async fn the_legacy_client_assembles_the_exact_answer() {
     }
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
     let gw = Gateway::start(|c| {
-        c.channels = vec![Channel {
-            name: "mock".into(),
-            base_url: mock.base_url(),
-            api_keys: vec![],
-            models: vec![],
-            priority: 0,
-            weight: 1,
-            include_usage: true,
-            proxy: None,
-        }];
+        c.channels = vec![Channel::new("mock", mock.base_url())];
         c.default_model = Some("gpt-4o-mini".into());
     })
     .await;

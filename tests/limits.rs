@@ -76,16 +76,7 @@ async fn chats_per_minute_and_open_answers_are_limited_per_user() {
     .await
     .unwrap();
     let gw = Gateway::start(|c| {
-        c.channels = vec![Channel {
-            name: "mock".into(),
-            base_url: mock.base_url(),
-            api_keys: vec![],
-            models: vec![],
-            priority: 0,
-            weight: 1,
-            include_usage: true,
-            proxy: None,
-        }];
+        c.channels = vec![Channel::new("mock", mock.base_url())];
         c.default_model = Some("gpt-4o-mini".into());
         c.limits.user_concurrent_streams = 2;
         c.limits.user_chats_per_minute = 3;

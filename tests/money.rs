@@ -19,14 +19,8 @@ const MODEL: &str = "gpt-4o-mini";
 /// of one answer is exactly 100 micros.
 fn priced(config: &mut Config, mock: &MockUpstream) {
     config.channels = vec![Channel {
-        name: "mock".into(),
-        base_url: mock.base_url(),
-        api_keys: vec![],
         models: vec![MODEL.into()],
-        priority: 0,
-        weight: 1,
-        include_usage: true,
-        proxy: None,
+        ..Channel::new("mock", mock.base_url())
     }];
     config.models.insert(
         MODEL.into(),

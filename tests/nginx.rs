@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chatgate::config::{Channel, Config};
+use chatgate::config::Config;
 use chatgate::mock_upstream::{self, Fault, MockConfig, MockUpstream};
 use common::{Gateway, RawClient, parse_mp, parse_sse};
 use serde_json::{Value, json};
@@ -144,19 +144,6 @@ async fn start_nginx(replicas: &[SocketAddr]) -> Nginx {
     );
 }
 
-fn channel(name: &str, base_url: String, keys: &[&str], priority: i32) -> Channel {
-    Channel {
-        name: name.into(),
-        base_url,
-        api_keys: keys.iter().map(|k| k.to_string()).collect(),
-        models: vec!["gpt-4o-mini".into()],
-        priority,
-        weight: 1,
-        include_usage: true,
-        proxy: None,
-    }
-}
-
 fn behind_nginx(c: &mut Config) {
     c.limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     c.default_model = Some("gpt-4o-mini".into());
@@ -190,7 +177,7 @@ async fn frames_arrive_through_nginx_before_the_answer_is_complete() {
     .unwrap();
     let gw = Gateway::start(|c| {
         behind_nginx(c);
-        c.channels = vec![channel("mock", mock.base_url(), &[], 0)];
+        c.channels = vec![common::pool_channel("mock", mock.base_url(), &[], 0)];
     })
     .await;
     let nginx = start_nginx(&[gw.addr]).await;
@@ -261,8 +248,8 @@ async fn two_replicas_behind_nginx_with_a_dead_channel_and_a_revoked_key() {
     let setup = |c: &mut Config| {
         behind_nginx(c);
         c.channels = vec![
-            channel("dead", format!("http://{closed}/v1"), &["k-dead"], 0),
-            channel("live", mock.base_url(), &["k-revoked", "k1", "k2"], 1),
+            common::pool_channel("dead", format!("http://{closed}/v1"), &["k-dead"], 0),
+            common::pool_channel("live", mock.base_url(), &["k-revoked", "k1", "k2"], 1),
         ];
         c.limits.user_chats_per_minute = 6;
         c.redis_url = redis.clone();
@@ -381,7 +368,7 @@ async fn the_legacy_client_works_through_nginx() {
     .unwrap();
     let gw = Gateway::start(|c| {
         behind_nginx(c);
-        c.channels = vec![channel("mock", mock.base_url(), &[], 0)];
+        c.channels = vec![common::pool_channel("mock", mock.base_url(), &[], 0)];
     })
     .await;
     let nginx = start_nginx(&[gw.addr]).await;

@@ -20,14 +20,9 @@ async fn setup(mock_config: MockConfig) -> (Gateway, MockUpstream) {
     let mock = MockUpstream::start(mock_config).await.unwrap();
     let gw = Gateway::start(|c| {
         c.channels = vec![Channel {
-            name: "mock".into(),
-            base_url: mock.base_url(),
             api_keys: vec!["upstream-key".into()],
             models: vec![MODEL.into()],
-            priority: 0,
-            weight: 1,
-            include_usage: true,
-            proxy: None,
+            ..Channel::new("mock", mock.base_url())
         }];
         c.models.insert(
             MODEL.into(),

@@ -19,14 +19,8 @@ const AFTER: &str = "以及后面不该出现的内容。";
 /// One micro per output token, prompts free, at most 100 output tokens.
 fn priced(config: &mut Config, mock: &MockUpstream) {
     config.channels = vec![Channel {
-        name: "mock".into(),
-        base_url: mock.base_url(),
-        api_keys: vec![],
         models: vec![MODEL.into()],
-        priority: 0,
-        weight: 1,
-        include_usage: true,
-        proxy: None,
+        ..Channel::new("mock", mock.base_url())
     }];
     config.models.insert(
         MODEL.into(),

@@ -41,14 +41,8 @@ const WECHAT_TIMEOUT_MS: u64 = 1200;
 /// short deadlines.
 fn oa(config: &mut Config, mock: &MockUpstream) {
     config.channels = vec![Channel {
-        name: "mock".into(),
-        base_url: mock.base_url(),
-        api_keys: vec![],
         models: vec![MODEL.into()],
-        priority: 0,
-        weight: 1,
-        include_usage: true,
-        proxy: None,
+        ..Channel::new("mock", mock.base_url())
     }];
     config.models.insert(MODEL.into(), ModelConfig::default());
     config.free_messages_per_day = 1000;

@@ -392,14 +392,10 @@ mod tests {
 
     fn channel(name: &str, priority: i32, weight: u32, models: &[&str]) -> Channel {
         Channel {
-            name: name.into(),
-            base_url: "http://127.0.0.1:9/v1".into(),
-            api_keys: vec![],
             models: models.iter().map(|m| m.to_string()).collect(),
             priority,
             weight,
-            include_usage: true,
-            proxy: None,
+            ..Channel::new(name, "http://127.0.0.1:9/v1")
         }
     }
 

@@ -22,6 +22,21 @@ pub struct Gateway {
     _dir: tempfile::TempDir,
 }
 
+/// A channel of the pool serving `gpt-4o-mini` with `keys`, tried at `priority`.
+pub fn pool_channel(
+    name: &str,
+    base_url: String,
+    keys: &[&str],
+    priority: i32,
+) -> chatgate::config::Channel {
+    chatgate::config::Channel {
+        api_keys: keys.iter().map(|k| k.to_string()).collect(),
+        models: vec!["gpt-4o-mini".into()],
+        priority,
+        ..chatgate::config::Channel::new(name, base_url)
+    }
+}
+
 /// A config for tests: its own SQLite file, fast heartbeats and flushes.
 pub fn test_config(dir: &tempfile::TempDir) -> Config {
     Config {
