@@ -87,6 +87,8 @@ pub async fn generate(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
         request_micros: image_micros,
         ..ModelConfig::default()
     };
+    // A place among the user's and the upstream's open streams, like an answer.
+    let permit = app.limiter.open_stream(user_id)?;
     app.limiter.check_chat(user_id).await?;
     let user = users::by_id(&app.db, user_id)
         .await?
@@ -119,6 +121,7 @@ pub async fn generate(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     app.spawn(async move {
         let app = task_app;
         let produced = produce(&app, &model, &prompt, &size).await;
+        drop(permit);
         let stored = match produced {
             Ok((bytes, content_type)) => store_file(&app, user_id, bytes, content_type).await,
             Err(e) => Err(e),

@@ -164,3 +164,66 @@ async fn the_demo_model_draws_a_labelled_picture() {
     let svg = file.text();
     assert!(svg.contains("演示模型") && svg.contains("&lt;b&gt;猫"));
 }
+
+#[tokio::test]
+async fn an_image_takes_a_place_among_the_open_upstream_streams() {
+    // A slow answer holds the only upstream stream.
+    let mock = MockUpstream::start(MockConfig {
+        chunks: 20,
+        chunk_delay: std::time::Duration::from_millis(100),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let gw = Gateway::start(|c| {
+        c.channels = vec![Channel {
+            models: vec!["gpt-4o-mini".into(), "dall-e-3".into()],
+            ..Channel::new("mock", mock.base_url())
+        }];
+        c.models.insert(
+            "dall-e-3".into(),
+            ModelConfig {
+                image_micros: 40_000,
+                ..ModelConfig::default()
+            },
+        );
+        c.limits.upstream_concurrent_streams = 1;
+    })
+    .await;
+    let (token, _) = gw.register_with("busy-painter", 200_000).await;
+    let body = json!({"message": "long"}).to_string();
+    let mut answer = common::RawClient::send(
+        gw.addr,
+        "POST",
+        "/api/chat?client=mp",
+        Some(&token),
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    answer.next_chunk().await.unwrap();
+    let (status, refused) = gw
+        .json(
+            "POST",
+            "/api/images",
+            Some(&token),
+            &json!({"prompt": "a cat"}),
+        )
+        .await;
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["reason"], "rate_limited");
+    // Once the answer is over the place is free again.
+    answer.read_all().await;
+    let id = answer.header("x-message-id").unwrap();
+    gw.wait_answer(&token, &id).await;
+    let (status, made) = gw
+        .json(
+            "POST",
+            "/api/images",
+            Some(&token),
+            &json!({"prompt": "a cat"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{made}");
+    gw.assert_ledger_ok().await;
+}
