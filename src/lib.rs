@@ -22,7 +22,11 @@
 //! - [`pay`] — WeChat Pay API v3: recharge packages, JSAPI and Native orders, signed
 //!   calls and verified answers, notifications credited exactly once, reconciliation.
 //! - [`admin`] — the admin API (credits, user money, recharge codes, invariant check).
-//! - [`limits`] — rate limits per address and user, caps on open answers (governor).
+//! - [`limits`] — rate limits per address and user (governor; shared through Redis when
+//!   configured), caps on open answers.
+//! - [`safety`] — the word list on questions and on streamed answers (held-back tail);
+//!   [`msg_sec_check`] — WeChat's content check on mini-program users' questions.
+//! - [`wechat_token`] — WeChat access tokens cached per app id.
 //! - [`tokens`] — token counting with a real BPE tokenizer.
 //! - [`db`] — connection, migrations, generated-once settings.
 //! - [`sweep`] — periodic housekeeping (answers abandoned by a dead process).
