@@ -5,8 +5,10 @@
 //!     --chunk-delay-ms 0 --first-token-delay-ms 0 [--answer TEXT] [--split-seed 7]
 //! ```
 //!
-//! Prints `listening on http://ADDR` and serves until Ctrl-C; point a channel's base URL at
-//! `http://ADDR/v1`. Any bearer key is accepted.
+//! Prints `listening on http://ADDR` and serves until Ctrl-C (or killed); point a channel's
+//! base URL at `http://ADDR/v1`. Any bearer key is accepted. The answer to a question is
+//! `chatgate::mock_upstream::answer_for(question)` (what `examples/loadgen.rs` checks).
+//! Delays cost one timer per stream, no task, so 10,000 slow streams are cheap.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -46,6 +48,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         first_token_delay: Duration::from_millis(args.first_token_delay_ms),
         answer: args.answer,
         split_seed: args.split_seed,
+        // Nobody reads the requests back; a long benchmark would only pile them up.
+        record: false,
         ..MockConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

@@ -31,7 +31,7 @@ use hyper_util::rt::TokioIo;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 const CREATED: u64 = 1_700_000_000;
@@ -106,6 +106,9 @@ pub struct MockConfig {
     /// Answer `images/generations` with a URL on this mock instead of `b64_json`,
     /// whatever the request asked.
     pub image_as_url: bool,
+    /// Keep every request for [`MockUpstream::requests`] (off for long benchmark runs,
+    /// where the list would only grow; `request_count` still counts).
+    pub record: bool,
 }
 
 impl Default for MockConfig {
@@ -122,6 +125,7 @@ impl Default for MockConfig {
             key_faults: HashMap::new(),
             models: vec!["gpt-4o-mini".to_owned(), "mock-model".to_owned()],
             image_as_url: false,
+            record: true,
         }
     }
 }
@@ -279,7 +283,7 @@ impl MockUpstream {
     }
 
     pub fn request_count(&self) -> usize {
-        lock(&self.shared.requests).len()
+        *self.shared.count.borrow()
     }
 
     pub fn last_request(&self) -> Option<RecordedRequest> {
@@ -364,7 +368,9 @@ async fn handle(
     };
     let config = Arc::clone(&lock(&shared.config));
     let fault = config.fault_for(request.bearer()).clone();
-    lock(&shared.requests).push(request.clone());
+    if config.record {
+        lock(&shared.requests).push(request.clone());
+    }
     shared.count.send_modify(|count| *count += 1);
 
     let response = match fault {
@@ -652,47 +658,60 @@ enum Ending {
     Abort,
 }
 
-/// A body whose frames a task writes, honouring delays and the ending.
+/// A body that hands out its pre-rendered frames, honouring delays and the ending.
+///
+/// It is polled by the connection task itself: no task or channel per response, and one
+/// timer per stream (re-armed for each delayed frame), so thousands of slow streams cost
+/// nothing between their frames.
 fn streamed(frames: Vec<(Duration, Bytes)>, ending: Ending) -> MockBody {
-    let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(pump(tx, frames, ending));
-    BoxBody::new(ChannelBody(rx))
+    BoxBody::new(FramesBody {
+        frames: frames.into(),
+        sent: 0,
+        timer: None,
+        armed: false,
+        yielded: false,
+        ending,
+    })
 }
 
-async fn pump(
-    tx: mpsc::Sender<io::Result<Frame<Bytes>>>,
-    frames: Vec<(Duration, Bytes)>,
+struct FramesBody {
+    frames: std::collections::VecDeque<(Duration, Bytes)>,
+    sent: usize,
+    /// The stream's timer, made at its first delay and reset for every later one.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// `timer` is counting down the current delay.
+    armed: bool,
+    /// A zero-delay frame after the first waits one poll, so hyper flushes the previous
+    /// one and each frame reaches the peer on its own.
+    yielded: bool,
     ending: Ending,
-) {
-    for (i, (delay, bytes)) in frames.into_iter().enumerate() {
-        if !delay.is_zero() {
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = tx.closed() => return,
+}
+
+impl FramesBody {
+    /// Waits `delay` (from the first call) on the stream's one timer; `Ready` once it has
+    /// passed.
+    fn wait(&mut self, delay: Duration, cx: &mut Context<'_>) -> Poll<()> {
+        use std::future::Future;
+        if !self.armed {
+            let deadline = tokio::time::Instant::now() + delay;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
-        } else if i > 0 {
-            // Lets hyper flush the previous frame so it reaches the peer on its own.
-            tokio::task::yield_now().await;
+            self.armed = true;
         }
-        if tx.send(Ok(Frame::data(bytes))).await.is_err() {
-            return;
+        let Some(timer) = &mut self.timer else {
+            return Poll::Ready(());
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
         }
-    }
-    match ending {
-        Ending::Close => {}
-        Ending::Stall => tx.closed().await,
-        Ending::Abort => {
-            // Give hyper time to flush what was sent before the error kills the connection.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let err = io::Error::new(io::ErrorKind::ConnectionAborted, "mock upstream drop");
-            let _ = tx.send(Err(err)).await;
-        }
+        self.armed = false;
+        Poll::Ready(())
     }
 }
 
-struct ChannelBody(mpsc::Receiver<io::Result<Frame<Bytes>>>);
-
-impl Body for ChannelBody {
+impl Body for FramesBody {
     type Data = Bytes;
     type Error = io::Error;
 
@@ -700,7 +719,38 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
-        self.0.poll_recv(cx)
+        let this = &mut *self;
+        if let Some(&(delay, _)) = this.frames.front() {
+            if !delay.is_zero() {
+                if this.wait(delay, cx).is_pending() {
+                    return Poll::Pending;
+                }
+            } else if this.sent > 0 && !this.yielded {
+                this.yielded = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let Some((_, bytes)) = this.frames.pop_front() else {
+                return Poll::Ready(None);
+            };
+            this.sent += 1;
+            this.yielded = false;
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
+        match this.ending {
+            Ending::Close => Poll::Ready(None),
+            // Silent until the connection is closed (the body is dropped with it).
+            Ending::Stall => Poll::Pending,
+            Ending::Abort => {
+                // Give hyper time to flush what was sent before the error kills the connection.
+                if this.wait(Duration::from_millis(20), cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.ending = Ending::Close;
+                let err = io::Error::new(io::ErrorKind::ConnectionAborted, "mock upstream drop");
+                Poll::Ready(Some(Err(err)))
+            }
+        }
     }
 }
 

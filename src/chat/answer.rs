@@ -3,18 +3,22 @@
 //! stores and bills it once at the end — whether or not any client is still there.
 //!
 //! Readers (the original request, and any number of re-attached `…/stream?offset=N`
-//! requests) share one [`Answer`]. Each reader keeps its own position; a new piece is
-//! announced through a `watch` channel, so the per-chunk path takes only this answer's
-//! own short lock (never one shared across streams) and makes no database call.
+//! requests) share one [`Answer`]. Each reader keeps its own position and frames only
+//! what is new to it (the text is never copied per reader). A reader that finds nothing
+//! new leaves its waker under the answer's own lock, and the next change wakes it under
+//! that same lock: the per-chunk path takes only this one short, per-answer lock (never
+//! one shared across streams), allocates nothing, and makes no database call.
 
 use std::collections::HashMap;
+use std::future::{Future, poll_fn};
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::frame_sse::Done;
@@ -44,6 +48,7 @@ pub enum Ending {
 
 /// One upstream event as it was received, and the answer text it added.
 struct Piece {
+    /// Empty once no reader can still relay it (and for pieces mirrored from the database).
     raw: Bytes,
     text: Range<usize>,
 }
@@ -52,6 +57,40 @@ struct Live {
     content: String,
     pieces: Vec<Piece>,
     phase: Phase,
+    /// Readers relaying the upstream's own events (SSE from the start of the answer).
+    raw_readers: usize,
+    /// Whether pieces keep their upstream event: until the first reader attaches, then
+    /// only while a raw reader follows. Mini-program and resuming readers frame the text,
+    /// so an answer nobody relays raw keeps only its text (memory per open stream).
+    keep_raw: bool,
+    /// Readers attached now.
+    readers: usize,
+    /// Tasks waiting for the next change (readers, `opened`, `ended`); every change
+    /// wakes and forgets them.
+    waiting: Vec<Waker>,
+}
+
+impl Live {
+    /// Wakes `cx`'s task at the next change.
+    fn wait(&mut self, cx: &Context<'_>) {
+        if !self.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+            self.waiting.push(cx.waker().clone());
+        }
+    }
+
+    fn wake_all(&mut self) {
+        for waker in self.waiting.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// No reader relays upstream events any more: keep only the text.
+    fn forget_raw(&mut self) {
+        self.keep_raw = false;
+        for piece in &mut self.pieces {
+            piece.raw = Bytes::new();
+        }
+    }
 }
 
 pub struct Answer {
@@ -59,7 +98,6 @@ pub struct Answer {
     pub conversation_id: String,
     pub user_id: i64,
     live: Mutex<Live>,
-    changed: watch::Sender<()>,
     /// Cancelled by `POST /api/messages/{id}/stop`.
     pub stop: CancellationToken,
 }
@@ -74,8 +112,11 @@ impl Answer {
                 content: String::new(),
                 pieces: Vec::new(),
                 phase: Phase::Opening,
+                raw_readers: 0,
+                keep_raw: true,
+                readers: 0,
+                waiting: Vec::new(),
             }),
-            changed: watch::Sender::new(()),
             stop: CancellationToken::new(),
         })
     }
@@ -88,28 +129,29 @@ impl Answer {
     }
 
     pub fn set_streaming(&self) {
-        self.live().phase = Phase::Streaming;
-        self.changed.send_replace(());
+        let mut live = self.live();
+        live.phase = Phase::Streaming;
+        live.wake_all();
     }
 
     /// Appends one upstream event and the text it carries, and wakes the readers.
     pub fn push(&self, raw: Bytes, text: &str) {
-        {
-            let mut live = self.live();
-            let start = live.content.len();
-            live.content.push_str(text);
-            let end = live.content.len();
-            live.pieces.push(Piece {
-                raw,
-                text: start..end,
-            });
-        }
-        self.changed.send_replace(());
+        let mut live = self.live();
+        let start = live.content.len();
+        live.content.push_str(text);
+        let end = live.content.len();
+        let raw = if live.keep_raw { raw } else { Bytes::new() };
+        live.pieces.push(Piece {
+            raw,
+            text: start..end,
+        });
+        live.wake_all();
     }
 
     pub fn end(&self, ending: Ending) {
-        self.live().phase = Phase::Ended(ending);
-        self.changed.send_replace(());
+        let mut live = self.live();
+        live.phase = Phase::Ended(ending);
+        live.wake_all();
     }
 
     pub fn content(&self) -> String {
@@ -126,38 +168,33 @@ impl Answer {
 
     /// How many readers follow this answer.
     pub fn readers(&self) -> usize {
-        self.changed.receiver_count()
+        self.live().readers
     }
 
     /// Waits until the upstream answered (or the answer ended); returns the phase.
     pub async fn opened(&self) -> Phase {
-        let mut rx = self.changed.subscribe();
-        loop {
-            rx.borrow_and_update();
-            let phase = self.phase();
-            if !matches!(phase, Phase::Opening) {
-                return phase;
+        poll_fn(|cx| {
+            let mut live = self.live();
+            if matches!(live.phase, Phase::Opening) {
+                live.wait(cx);
+                return Poll::Pending;
             }
-            if rx.changed().await.is_err() {
-                return self.phase();
-            }
-        }
+            Poll::Ready(live.phase.clone())
+        })
+        .await
     }
 
     /// Waits until the answer is over.
     pub async fn ended(&self) -> Ending {
-        let mut rx = self.changed.subscribe();
-        loop {
-            rx.borrow_and_update();
-            if let Phase::Ended(ending) = self.phase() {
-                return ending;
+        poll_fn(|cx| {
+            let mut live = self.live();
+            if let Phase::Ended(ending) = &live.phase {
+                return Poll::Ready(ending.clone());
             }
-            if rx.changed().await.is_err()
-                && let Phase::Ended(ending) = self.phase()
-            {
-                return ending;
-            }
-        }
+            live.wait(cx);
+            Poll::Pending
+        })
+        .await
     }
 
     /// A reader that sends the answer from code point `offset` on (`None` = from the
@@ -168,15 +205,29 @@ impl Answer {
         offset: Option<usize>,
         heartbeat: Duration,
     ) -> Reader {
+        let relays_raw = framing == Framing::Sse && offset.is_none();
+        {
+            let mut live = self.live();
+            live.readers += 1;
+            if relays_raw {
+                live.raw_readers += 1;
+                live.keep_raw = true;
+            } else if live.raw_readers == 0 {
+                live.forget_raw();
+            }
+        }
         Reader {
+            relays_raw,
             answer: Arc::clone(self),
-            rx: self.changed.subscribe(),
             next_piece: 0,
             resume_from: offset,
             framing,
             heartbeat,
             state: ReaderState::Streaming,
             gap_next: false,
+            buf: BytesMut::new(),
+            timer: None,
+            last_sent: Instant::now(),
         }
     }
 }
@@ -189,10 +240,14 @@ enum ReaderState {
     Finished,
 }
 
+/// What a reader's output buffer starts with; frames of a typical piece are far smaller.
+const READER_BUFFER: usize = 1024;
+
 /// One client's view of an answer: yields the HTTP chunks to send.
 pub struct Reader {
     answer: Arc<Answer>,
-    rx: watch::Receiver<()>,
+    /// Relays the upstream's events (SSE from the start), not the text.
+    relays_raw: bool,
     next_piece: usize,
     resume_from: Option<usize>,
     framing: Framing,
@@ -200,6 +255,15 @@ pub struct Reader {
     state: ReaderState,
     /// Wait [`FRAME_GAP`] before the next chunk (it must reach the client alone).
     gap_next: bool,
+    /// Frames are written here and each chunk is split off it: once the connection has
+    /// written and dropped a chunk, the next one reuses the same allocation, so a reader
+    /// that keeps up allocates nothing per chunk.
+    buf: BytesMut,
+    /// The heartbeat timer, made on the first wait and only pushed later after that
+    /// (an atomic update in tokio, no timer-wheel lock per chunk).
+    timer: Option<Pin<Box<Sleep>>>,
+    /// When the last chunk was handed out: silence is measured from here.
+    last_sent: Instant,
 }
 
 /// The pause before a mini-program frame that must arrive in its own `onChunkReceived`
@@ -224,44 +288,59 @@ impl Reader {
             self.gap_next = false;
             tokio::time::sleep(FRAME_GAP).await;
         }
-        let deadline = Instant::now() + self.heartbeat;
-        loop {
-            self.rx.borrow_and_update();
-            let mut out = BytesMut::new();
-            self.collect(&mut out);
-            if !out.is_empty() {
-                return Some(out.freeze());
-            }
-            tokio::select! {
-                changed = self.rx.changed() => {
-                    if changed.is_err() {
-                        // The answer is gone without an ending: cannot happen while we
-                        // hold an `Arc` to it, but never spin.
-                        self.state = ReaderState::Finished;
-                        return None;
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    let mut out = BytesMut::new();
-                    match self.framing {
-                        Framing::MiniProgram => frame_mp::write_heartbeat(&mut out),
-                        Framing::Sse => frame_sse::write_keepalive(&mut out),
-                    }
-                    return Some(out.freeze());
-                }
-            }
-        }
+        poll_fn(|cx| self.poll_chunk(cx)).await
     }
 
-    /// Frames everything new since the last call into `out`.
-    fn collect(&mut self, out: &mut BytesMut) {
-        let live = self.answer.live();
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(READER_BUFFER);
+        }
+        self.collect(cx);
+        if !self.buf.is_empty() {
+            return Poll::Ready(Some(self.send()));
+        }
+        let deadline = self.last_sent + self.heartbeat;
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            slot => slot.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        match self.framing {
+            Framing::MiniProgram => frame_mp::write_heartbeat(&mut self.buf),
+            Framing::Sse => frame_sse::write_keepalive(&mut self.buf),
+        }
+        Poll::Ready(Some(self.send()))
+    }
+
+    /// Splits what was written off the buffer, as one chunk.
+    fn send(&mut self) -> Bytes {
+        self.last_sent = Instant::now();
+        self.buf.split().freeze()
+    }
+
+    /// Frames everything new since the last call into the reader's buffer; with nothing
+    /// new, leaves `cx`'s waker for the next change (under the same lock, so no change
+    /// can slip in between).
+    fn collect(&mut self, cx: &Context<'_>) {
+        let out = &mut self.buf;
+        let mut guard = self.answer.live();
+        let live = &mut *guard;
+        // The only raw reader takes each event as it relays it: nobody needs it after.
+        let take_raw = self.relays_raw && live.raw_readers == 1;
         if let Some(offset) = self.resume_from {
             // A client may hold more than this replica has seen yet (a mirror of another
             // replica's flushes lags behind): wait until the text reaches its offset.
             let known = live.content.chars().count();
             let ended = matches!(live.phase, Phase::Ended(_));
             if offset > known && !ended {
+                live.wait(cx);
                 return;
             }
             self.resume_from = None;
@@ -275,7 +354,7 @@ impl Reader {
             }
             self.next_piece = live.pieces.len();
         }
-        for piece in &live.pieces[self.next_piece..] {
+        for piece in &mut live.pieces[self.next_piece..] {
             match self.framing {
                 Framing::MiniProgram => {
                     if !piece.text.is_empty() {
@@ -288,10 +367,21 @@ impl Reader {
                         frame_sse::write_content(out, &live.content[piece.text.clone()]);
                     }
                 }
-                Framing::Sse => frame_sse::write_event(out, &piece.raw),
+                Framing::Sse => {
+                    frame_sse::write_event(out, &piece.raw);
+                    if take_raw {
+                        piece.raw = Bytes::new();
+                    }
+                }
             }
         }
         self.next_piece = live.pieces.len();
+        if !matches!(live.phase, Phase::Ended(_)) {
+            if out.is_empty() {
+                live.wait(cx);
+            }
+            return;
+        }
         if let Phase::Ended(ending) = &live.phase {
             // A mini-program error frame travels alone: the legacy client treats a
             // whole callback holding `error` as one error frame.
@@ -310,6 +400,19 @@ impl Reader {
                 Framing::MiniProgram => ReaderState::Terminal,
                 Framing::Sse => ReaderState::Finished,
             };
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut live = self.answer.live();
+        live.readers -= 1;
+        if self.relays_raw {
+            live.raw_readers -= 1;
+            if live.raw_readers == 0 {
+                live.forget_raw();
+            }
         }
     }
 }

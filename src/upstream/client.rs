@@ -3,12 +3,13 @@
 //! before the first byte, per-channel outbound proxies, and the timeouts (connect,
 //! first byte, idle between pieces).
 
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::demo::DemoEvents;
 use super::sse::{SseEvent, SseParser};
@@ -145,7 +146,7 @@ impl Upstream {
             response,
             parser: SseParser::new(),
             idle_timeout: self.idle_timeout,
-            deadline: Instant::now() + self.idle_timeout,
+            idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
             ended: false,
         }
     }
@@ -349,9 +350,11 @@ pub struct HttpEvents {
     response: reqwest::Response,
     parser: SseParser,
     idle_timeout: Duration,
-    /// When the silence since the last bytes becomes an idle timeout. Kept here, not
-    /// in the future, so a cancelled `next()` does not restart the clock.
-    deadline: Instant,
+    /// Fires when the silence since the last bytes becomes an idle timeout. Kept here,
+    /// not in the future, so a cancelled `next()` does not restart the clock; one timer
+    /// per answer, pushed forward on every read (an atomic update in tokio), not one
+    /// registered and cancelled per read.
+    idle: Pin<Box<Sleep>>,
     ended: bool,
 }
 
@@ -368,15 +371,21 @@ impl HttpEvents {
             if self.ended {
                 return Ok(self.parser.finish());
             }
-            match tokio::time::timeout_at(self.deadline, self.response.chunk()).await {
-                Err(_) => return Err(upstream_error(true, "上游服务长时间无响应，回答已中断")),
-                Ok(Err(e)) => {
+            let read = tokio::select! {
+                biased;
+                read = self.response.chunk() => read,
+                () = self.idle.as_mut() => {
+                    return Err(upstream_error(true, "上游服务长时间无响应，回答已中断"));
+                }
+            };
+            match read {
+                Err(e) => {
                     tracing::warn!(channel = %self.channel, error = %e, "upstream stream broke off");
                     return Err(upstream_error(false, "上游服务连接中断，回答不完整"));
                 }
-                Ok(Ok(None)) => self.ended = true,
-                Ok(Ok(Some(bytes))) => {
-                    self.deadline = Instant::now() + self.idle_timeout;
+                Ok(None) => self.ended = true,
+                Ok(Some(bytes)) => {
+                    self.idle.as_mut().reset(Instant::now() + self.idle_timeout);
                     self.parser.push(&bytes);
                 }
             }
