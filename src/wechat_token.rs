@@ -1,8 +1,13 @@
 //! WeChat `access_token`s, cached per app id: fetched from
-//! `GET {api_base}/cgi-bin/token?grant_type=client_credential&appid=…&secret=…`, kept
-//! until shortly before `expires_in` runs out, and dropped by [`AccessTokens::invalidate`]
-//! when an API call answers that the token is invalid or expired (errcode 40001, 40014,
-//! 42001; see [`is_token_error`]).
+//! `POST {api_base}/cgi-bin/stable_token` (`grant_type=client_credential`), kept until
+//! shortly before `expires_in` runs out, and dropped by [`AccessTokens::invalidate`] when
+//! an API call answers that the token is invalid or expired (errcode 40001, 40014, 42001;
+//! see [`is_token_error`]).
+//!
+//! The stable token endpoint gives every replica the same token (the older
+//! `cgi-bin/token` made each fetch invalidate the token the other replicas held). Only when
+//! WeChat hands back the very token an API call just refused is a new one forced
+//! (`force_refresh`, limited by WeChat per day): replicas never force each other in turn.
 //!
 //! One fetch at a time per app id: callers that find no valid token wait for the one
 //! fetch in flight instead of each asking WeChat (each fetch invalidates the last token
@@ -43,7 +48,14 @@ struct Cached {
 #[derive(Default)]
 pub struct AccessTokens {
     /// Per app id; the async lock makes one fetch at a time per app.
-    apps: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    apps: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+/// One app's token, and the last one an API call refused.
+#[derive(Default)]
+struct Slot {
+    cached: Option<Cached>,
+    refused: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -60,7 +72,7 @@ impl AccessTokens {
         Self::default()
     }
 
-    fn slot(&self, app_id: &str) -> Arc<tokio::sync::Mutex<Option<Cached>>> {
+    fn slot(&self, app_id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
         let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(apps.entry(app_id.to_string()).or_default())
     }
@@ -74,15 +86,23 @@ impl AccessTokens {
         secret: &str,
     ) -> Result<String, TokenError> {
         let slot = self.slot(app_id);
-        let mut cached = slot.lock().await;
-        if let Some(c) = cached.as_ref()
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.cached.as_ref()
             && Instant::now() < c.fresh_until
         {
             return Ok(c.token.clone());
         }
-        let fetched = fetch(http, api_base, app_id, secret).await?;
+        let mut fetched = fetch(http, api_base, app_id, secret, false).await?;
+        if slot.refused.as_deref() == Some(fetched.token.as_str()) {
+            tracing::warn!(
+                app_id,
+                "WeChat handed back a refused access token: forcing a new one"
+            );
+            fetched = fetch(http, api_base, app_id, secret, true).await?;
+        }
         let token = fetched.token.clone();
-        *cached = Some(fetched);
+        slot.cached = Some(fetched);
+        slot.refused = None;
         Ok(token)
     }
 
@@ -90,9 +110,10 @@ impl AccessTokens {
     /// replaced it meanwhile.
     pub async fn invalidate(&self, app_id: &str, token: &str) {
         let slot = self.slot(app_id);
-        let mut cached = slot.lock().await;
-        if cached.as_ref().is_some_and(|c| c.token == token) {
-            *cached = None;
+        let mut slot = slot.lock().await;
+        if slot.cached.as_ref().is_some_and(|c| c.token == token) {
+            slot.cached = None;
+            slot.refused = Some(token.to_string());
         }
     }
 }
@@ -102,16 +123,18 @@ async fn fetch(
     api_base: &str,
     app_id: &str,
     secret: &str,
+    force_refresh: bool,
 ) -> Result<Cached, TokenError> {
-    let url = format!("{}/cgi-bin/token", api_base.trim_end_matches('/'));
+    let url = format!("{}/cgi-bin/stable_token", api_base.trim_end_matches('/'));
     let asked = Instant::now();
     let answer: TokenAnswer = http
-        .get(&url)
-        .query(&[
-            ("grant_type", "client_credential"),
-            ("appid", app_id),
-            ("secret", secret),
-        ])
+        .post(&url)
+        .json(&serde_json::json!({
+            "grant_type": "client_credential",
+            "appid": app_id,
+            "secret": secret,
+            "force_refresh": force_refresh,
+        }))
         .timeout(Duration::from_secs(10))
         .send()
         .await

@@ -1,7 +1,7 @@
 //! WeChat's `msg_sec_check` v2 on mini-program users' questions, against a simulated
 //! WeChat API: risky → 102 `content_blocked` and nothing stored; pass → served; the
-//! API unavailable → served or refused by `safety.fail_open`; the access token is
-//! fetched once and refreshed when WeChat says it expired; users without an openid are
+//! API unavailable → served or refused by `safety.fail_open`; the (stable) access token
+//! is fetched once and a new one forced when WeChat says it expired; users without an openid are
 //! not sent to WeChat.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,12 +21,14 @@ use serde_json::{Value, json};
 #[derive(Default)]
 struct Seen {
     token_fetches: usize,
+    /// The current stable token's number; a forced refresh makes a new one.
+    token_number: usize,
     checks: Vec<Value>,
     /// The next check answers "token expired" once.
     expire_next: bool,
 }
 
-/// A WeChat API: jscode2session, cgi-bin/token and wxa/msg_sec_check.
+/// A WeChat API: jscode2session, cgi-bin/stable_token and wxa/msg_sec_check.
 async fn mock_wechat(seen: Arc<Mutex<Seen>>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -45,15 +47,19 @@ async fn mock_wechat(seen: Arc<Mutex<Seen>>) -> String {
                             "/sns/jscode2session" => {
                                 json!({"openid": "o-user", "session_key": "k"})
                             }
-                            "/cgi-bin/token" => {
+                            "/cgi-bin/stable_token" => {
+                                let asked: Value = serde_json::from_slice(&body).unwrap();
                                 let mut s = seen.lock().unwrap();
                                 s.token_fetches += 1;
-                                json!({"access_token": format!("T{}", s.token_fetches), "expires_in": 7200})
+                                if s.token_number == 0 || asked["force_refresh"] == true {
+                                    s.token_number += 1;
+                                }
+                                json!({"access_token": format!("T{}", s.token_number), "expires_in": 7200})
                             }
                             "/wxa/msg_sec_check" => {
                                 let sent: Value = serde_json::from_slice(&body).unwrap();
                                 let mut s = seen.lock().unwrap();
-                                let current = format!("access_token=T{}", s.token_fetches);
+                                let current = format!("access_token=T{}", s.token_number);
                                 s.checks.push(sent.clone());
                                 let content = sent["content"].as_str().unwrap_or_default();
                                 if s.expire_next {
@@ -142,13 +148,17 @@ async fn risky_questions_are_refused_and_others_served() {
         assert_eq!(s.token_fetches, 1, "the access token is cached");
     }
 
-    // WeChat says the token expired: fetched again, the question checked again.
+    // WeChat says the token expired: the stable token comes back the same, so a new one
+    // is forced (once), and the question is checked again with it.
     seen.lock().unwrap().expire_next = true;
     let again = gw
         .chat(&token, &json!({"message": "hello again"}), true)
         .await;
     assert!(parse_mp(&again.chunks).done.is_some());
-    assert_eq!(seen.lock().unwrap().token_fetches, 2);
+    {
+        let s = seen.lock().unwrap();
+        assert_eq!((s.token_fetches, s.token_number), (3, 2));
+    }
 
     // A password user has no openid: nothing is sent to WeChat.
     let before = seen.lock().unwrap().checks.len();

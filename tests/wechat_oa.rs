@@ -743,8 +743,10 @@ async fn safe_mode_matches_an_independent_vector_and_round_trips() {
 
 #[derive(Default)]
 struct Api {
-    /// Query strings of `GET /cgi-bin/token`.
-    token_requests: Vec<String>,
+    /// Bodies of `POST /cgi-bin/stable_token`.
+    token_requests: Vec<Value>,
+    /// The current stable token's number (`T{n}`); a forced refresh makes a new one.
+    token_number: usize,
     /// Every `custom/send`: the access token used, the JSON body, the errcode answered.
     sends: Vec<(String, Value, i64)>,
     /// Sends with this token answer 40001 (invalid credential).
@@ -770,10 +772,13 @@ async fn mock_wechat_api(state: Arc<Mutex<Api>>) -> String {
                         let answer = {
                             let mut api = state.lock().unwrap();
                             match path.as_str() {
-                                "/cgi-bin/token" => {
-                                    api.token_requests.push(query);
-                                    let n = api.token_requests.len();
-                                    json!({"access_token": format!("T{n}"), "expires_in": 7200})
+                                "/cgi-bin/stable_token" => {
+                                    let asked: Value = serde_json::from_slice(&body).unwrap();
+                                    if api.token_number == 0 || asked["force_refresh"] == true {
+                                        api.token_number += 1;
+                                    }
+                                    api.token_requests.push(asked);
+                                    json!({"access_token": format!("T{}", api.token_number), "expires_in": 7200})
                                 }
                                 "/cgi-bin/message/custom/send" => {
                                     let token = query
@@ -855,14 +860,11 @@ async fn push_mode_answers_at_once_pushes_the_answer_and_falls_back_to_the_link(
     assert_eq!(sends[0].1["touser"], "o-push");
     assert_eq!(sends[0].1["msgtype"], "text");
     assert_eq!(sends[0].1["text"]["content"], answer_for("推送"));
-    let token_query = api.lock().unwrap().token_requests[0].clone();
-    for part in [
-        "grant_type=client_credential",
-        "appid=wx-oa",
-        "secret=oa-secret",
-    ] {
-        assert!(token_query.contains(part), "{token_query}");
-    }
+    let asked = api.lock().unwrap().token_requests[0].clone();
+    assert_eq!(
+        asked,
+        json!({"grant_type": "client_credential", "appid": "wx-oa", "secret": "oa-secret", "force_refresh": false})
+    );
 
     // The token is cached: a second answer needs no new one.
     sim.text("o-push", 6002, "第二个").await;
@@ -877,7 +879,16 @@ async fn push_mode_answers_at_once_pushes_the_answer_and_falls_back_to_the_link(
     assert_eq!((sends[2].0.as_str(), sends[2].2), ("T1", 40001));
     assert_eq!((sends[3].0.as_str(), sends[3].2), ("T2", 0));
     assert_eq!(sends[3].1["text"]["content"], answer_for("换令牌"));
-    assert_eq!(api.lock().unwrap().token_requests.len(), 2);
+    // The stable token came back refused once more, so a new one was forced — once.
+    let asked = api.lock().unwrap().token_requests.clone();
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    assert_eq!(
+        (
+            asked[1]["force_refresh"].as_bool(),
+            asked[2]["force_refresh"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
 
     // The answer cannot be pushed: the link is, and its page has the answer.
     api.lock().unwrap().fail_next = 1;
