@@ -367,6 +367,9 @@ pub struct WechatConfig {
     /// A conversation idle longer than this is not continued: the next question starts
     /// a new one.
     pub oa_session_idle_secs: u64,
+    /// Days an Official Account message (and so its `/a/{token}` link) is kept; 0 =
+    /// forever.
+    pub oa_keep_days: u64,
     /// Only messages starting with `/chat` go to the model; others get the help text.
     pub oa_command_only: bool,
     /// The reply to a new follower (the `subscribe` event).
@@ -392,6 +395,7 @@ impl Default for WechatConfig {
             oa_deliveries: 3,
             oa_reply_max_bytes: 2000,
             oa_session_idle_secs: 300,
+            oa_keep_days: 30,
             oa_command_only: false,
             oa_welcome: "欢迎关注！直接发送文字即可向 AI 提问。\n发送 /new 开始新的对话，/history 查看最近的回答。".into(),
             oa_max_body_bytes: 64 * 1024,

@@ -1,7 +1,8 @@
 //! Periodic housekeeping, at start-up and then every `sweep_interval_secs`: holds and
 //! answers abandoned by a process that died are settled or closed, whichever replica
 //! produced them; expired files are deleted; pending WeChat Pay orders are checked with
-//! WeChat Pay (credited if paid, closed if expired).
+//! WeChat Pay (credited if paid, closed if expired); Official Account messages older than
+//! `wechat.oa_keep_days` are deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,15 @@ pub async fn run(app: Arc<App>) {
                 "reconciled WeChat Pay orders"
             ),
             Err(e) => tracing::warn!(error = %e.msg(), "pay order sweep failed"),
+        }
+        let keep_days = app.config.wechat.oa_keep_days;
+        if keep_days > 0 {
+            let before = crate::clock::unix_millis() - (keep_days * 86_400_000) as i64;
+            match crate::wechat_oa::store::delete_older_than(&app.db, before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(messages = n, "deleted old Official Account messages"),
+                Err(e) => tracing::warn!(error = %e.msg(), "Official Account message sweep failed"),
+            }
         }
         let abandoned_ms = crate::ledger::sweep::abandon_after(&app).as_millis() as i64;
         match store::close_abandoned(&app.db, crate::clock::unix_millis() - abandoned_ms).await {

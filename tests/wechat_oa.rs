@@ -537,6 +537,20 @@ async fn a_slower_answer_gets_a_link_to_a_page_that_refreshes_until_it_is_whole(
     assert_eq!(status, 404);
     let (status, _) = get_page(&gw, "/a/h/00000000000000000000000000000000").await;
     assert_eq!(status, 404);
+
+    // Past `oa_keep_days` the sweep deletes the message row: the link is gone, the
+    // answer itself stays in the user's conversation.
+    let young = chatgate::wechat_oa::store::delete_older_than(&gw.app.db, 0)
+        .await
+        .unwrap();
+    assert_eq!(young, 0, "nothing is older than the epoch");
+    let now = chatgate::clock::unix_millis() + 1;
+    let deleted = chatgate::wechat_oa::store::delete_older_than(&gw.app.db, now)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let (status, _) = get_page(&gw, &path).await;
+    assert_eq!(status, 404);
     gw.assert_ledger_ok().await;
 }
 

@@ -10,6 +10,7 @@ mod m20261122_000004_api_keys;
 mod m20261122_000005_files;
 mod m20261122_000006_pay_orders;
 mod m20261122_000007_official_account;
+mod m20261123_000008_oa_retention;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000005_files::Migration),
             Box::new(m20261122_000006_pay_orders::Migration),
             Box::new(m20261122_000007_official_account::Migration),
+            Box::new(m20261123_000008_oa_retention::Migration),
         ]
     }
 }

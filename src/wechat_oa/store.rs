@@ -270,3 +270,13 @@ pub async fn session_by_history_token(
         .one(db)
         .await?)
 }
+
+/// Deletes message rows (claims and their `/a/{token}` links) created before
+/// `before_ms`; the answers themselves stay in the user's conversations.
+pub async fn delete_older_than(db: &DatabaseConnection, before_ms: i64) -> Result<u64, AppError> {
+    let deleted = oa_message::Entity::delete_many()
+        .filter(oa_message::Column::CreatedAt.lt(before_ms))
+        .exec(db)
+        .await?;
+    Ok(deleted.rows_affected)
+}
