@@ -853,3 +853,28 @@ async fn a_stop_sent_to_another_replica_ends_a_silent_answer() {
     );
     drop(client);
 }
+
+#[tokio::test]
+async fn a_late_flush_never_overwrites_a_finished_answer() {
+    let (gw, _mock) = gateway_with(MockConfig::default(), |_| {}).await;
+    let token = gw.register("late-flush").await;
+    let resp = gw.chat(&token, &json!({"message": "flush"}), true).await;
+    let id = resp.header("x-message-id").unwrap().to_string();
+    let stored = gw.wait_answer(&token, &id).await;
+    assert_eq!(stored["status"], "done");
+    // A flush whose task was cut while its statement was on its way lands now.
+    let applied = chatgate::chat::store::flush_content(&gw.app.db, &id, "stale")
+        .await
+        .unwrap();
+    assert!(!applied);
+    let (_, again) = gw
+        .json(
+            "GET",
+            &format!("/api/messages/{id}"),
+            Some(&token),
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(again["content"], stored["content"]);
+    assert_eq!(again["content"], mock_upstream::answer_for("flush"));
+}

@@ -146,6 +146,9 @@ pub async fn flush_content(
         .col_expr(message::Column::Content, Expr::value(content))
         .filter(message::Column::Id.eq(id))
         .filter(message::Column::StopRequested.eq(false))
+        // Only while it streams: a flush that lands late (its task was cut while the
+        // statement was on its way) never overwrites the stored final answer.
+        .filter(message::Column::Status.eq(STREAMING))
         .exec(db)
         .await?;
     Ok(result.rows_affected > 0)
