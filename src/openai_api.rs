@@ -442,7 +442,7 @@ async fn relay(
     let deadline = Instant::now() + Duration::from_secs(app.config.limits.max_answer_secs);
     let send_timeout = Duration::from_secs_f64(app.config.upstream.idle_timeout_secs);
     let send = |data: Bytes| {
-        let tx = tx.clone();
+        let tx = &tx;
         async move {
             let mut out = BytesMut::with_capacity(data.len() + 8);
             crate::chat::frame_sse::write_event(&mut out, &data);

@@ -253,7 +253,8 @@ pub struct Reader {
     framing: Framing,
     heartbeat: Duration,
     state: ReaderState,
-    /// Wait [`FRAME_GAP`] before the next chunk (it must reach the client alone).
+    /// Wait [`FRAME_GAP`] before the next chunk: it must reach the client alone (a
+    /// mini-program error frame after content, the terminal `0`).
     gap_next: bool,
     /// Frames are written here and each chunk is split off it: once the connection has
     /// written and dropped a chunk, the next one reuses the same allocation, so a reader
@@ -275,20 +276,18 @@ pub const FRAME_GAP: Duration = Duration::from_millis(50);
 impl Reader {
     /// The next chunk to send: whole frames only; `None` when the response is complete.
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
-        match self.state {
-            ReaderState::Finished => return None,
-            ReaderState::Terminal => {
-                tokio::time::sleep(FRAME_GAP).await;
-                self.state = ReaderState::Finished;
-                return Some(Bytes::from_static(frame_mp::TERMINAL));
-            }
-            ReaderState::Streaming => {}
-        }
         if self.gap_next {
             self.gap_next = false;
             tokio::time::sleep(FRAME_GAP).await;
         }
-        poll_fn(|cx| self.poll_chunk(cx)).await
+        match self.state {
+            ReaderState::Finished => None,
+            ReaderState::Terminal => {
+                self.state = ReaderState::Finished;
+                Some(Bytes::from_static(frame_mp::TERMINAL))
+            }
+            ReaderState::Streaming => poll_fn(|cx| self.poll_chunk(cx)).await,
+        }
     }
 
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
@@ -376,31 +375,33 @@ impl Reader {
             }
         }
         self.next_piece = live.pieces.len();
-        if !matches!(live.phase, Phase::Ended(_)) {
+        let Phase::Ended(ending) = &live.phase else {
             if out.is_empty() {
                 live.wait(cx);
             }
             return;
+        };
+        // A mini-program error frame travels alone: the legacy client treats a whole
+        // callback holding `error` as one error frame.
+        let error_waits = matches!(ending, Ending::Failed { .. }) && !out.is_empty();
+        if self.framing == Framing::MiniProgram && error_waits {
+            self.gap_next = true;
+            return;
         }
-        if let Phase::Ended(ending) = &live.phase {
-            // A mini-program error frame travels alone: the legacy client treats a
-            // whole callback holding `error` as one error frame.
-            let error_waits = matches!(ending, Ending::Failed { .. }) && !out.is_empty();
-            if self.framing == Framing::MiniProgram && error_waits {
+        match (self.framing, ending) {
+            (Framing::MiniProgram, Ending::Done(done)) => frame_mp::write_done(out, done),
+            (Framing::Sse, Ending::Done(done)) => frame_sse::write_done(out, done),
+            (Framing::MiniProgram, Ending::Failed { error, .. }) => error.write_mp_frame(out),
+            (Framing::Sse, Ending::Failed { error, .. }) => error.write_sse_frame(out),
+        }
+        self.state = match self.framing {
+            // The terminal `0` follows alone, after the gap.
+            Framing::MiniProgram => {
                 self.gap_next = true;
-                return;
+                ReaderState::Terminal
             }
-            match (self.framing, ending) {
-                (Framing::MiniProgram, Ending::Done(done)) => frame_mp::write_done(out, done),
-                (Framing::Sse, Ending::Done(done)) => frame_sse::write_done(out, done),
-                (Framing::MiniProgram, Ending::Failed { error, .. }) => error.write_mp_frame(out),
-                (Framing::Sse, Ending::Failed { error, .. }) => error.write_sse_frame(out),
-            }
-            self.state = match self.framing {
-                Framing::MiniProgram => ReaderState::Terminal,
-                Framing::Sse => ReaderState::Finished,
-            };
-        }
+            Framing::Sse => ReaderState::Finished,
+        };
     }
 }
 
