@@ -8,21 +8,14 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use common::{Gateway, parse_mp};
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 #[derive(Default)]
 struct Seen {
-    token_fetches: usize,
-    /// The current stable token's number; a forced refresh makes a new one.
-    token_number: usize,
+    token: common::StableToken,
     checks: Vec<Value>,
     /// The next check answers "token expired" once.
     expire_next: bool,
@@ -30,65 +23,32 @@ struct Seen {
 
 /// A WeChat API: jscode2session, cgi-bin/stable_token and wxa/msg_sec_check.
 async fn mock_wechat(seen: Arc<Mutex<Seen>>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let seen = Arc::clone(&seen);
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let query = req.uri().query().unwrap_or_default().to_string();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let answer = match path.as_str() {
-                            "/sns/jscode2session" => {
-                                json!({"openid": "o-user", "session_key": "k"})
-                            }
-                            "/cgi-bin/stable_token" => {
-                                let asked: Value = serde_json::from_slice(&body).unwrap();
-                                let mut s = seen.lock().unwrap();
-                                s.token_fetches += 1;
-                                if s.token_number == 0 || asked["force_refresh"] == true {
-                                    s.token_number += 1;
-                                }
-                                json!({"access_token": format!("T{}", s.token_number), "expires_in": 7200})
-                            }
-                            "/wxa/msg_sec_check" => {
-                                let sent: Value = serde_json::from_slice(&body).unwrap();
-                                let mut s = seen.lock().unwrap();
-                                let current = format!("access_token=T{}", s.token_number);
-                                s.checks.push(sent.clone());
-                                let content = sent["content"].as_str().unwrap_or_default();
-                                if s.expire_next {
-                                    s.expire_next = false;
-                                    json!({"errcode": 42001, "errmsg": "access_token expired"})
-                                } else if query != current {
-                                    json!({"errcode": 40001, "errmsg": "invalid credential"})
-                                } else if content.contains("down") {
-                                    json!({"errcode": -1, "errmsg": "system error"})
-                                } else if content.contains("risky") {
-                                    json!({"errcode": 0, "errmsg": "ok", "result": {"suggest": "risky", "label": 20001}})
-                                } else {
-                                    json!({"errcode": 0, "errmsg": "ok", "result": {"suggest": "pass", "label": 100}})
-                                }
-                            }
-                            _ => json!({"errcode": 404}),
-                        };
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                            answer.to_string(),
-                        ))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    common::mock_json_api(move |call| {
+        let mut s = seen.lock().unwrap();
+        match call.path.as_str() {
+            "/sns/jscode2session" => json!({"openid": "o-user", "session_key": "k"}),
+            "/cgi-bin/stable_token" => s.token.answer(call.json()),
+            "/wxa/msg_sec_check" => {
+                let sent = call.json();
+                s.checks.push(sent.clone());
+                let content = sent["content"].as_str().unwrap_or_default();
+                if s.expire_next {
+                    s.expire_next = false;
+                    json!({"errcode": 42001, "errmsg": "access_token expired"})
+                } else if call.param("access_token") != Some(s.token.current().as_str()) {
+                    json!({"errcode": 40001, "errmsg": "invalid credential"})
+                } else if content.contains("down") {
+                    json!({"errcode": -1, "errmsg": "system error"})
+                } else if content.contains("risky") {
+                    json!({"errcode": 0, "errmsg": "ok", "result": {"suggest": "risky", "label": 20001}})
+                } else {
+                    json!({"errcode": 0, "errmsg": "ok", "result": {"suggest": "pass", "label": 100}})
+                }
+            }
+            _ => json!({"errcode": 404}),
         }
-    });
-    format!("http://{addr}")
+    })
+    .await
 }
 
 async fn gateway(api_base: String, fail_open: bool) -> Gateway {
@@ -145,7 +105,7 @@ async fn risky_questions_are_refused_and_others_served() {
         assert_eq!(s.checks[2]["openid"], "o-user");
         assert_eq!(s.checks[2]["version"], 2);
         assert_eq!(s.checks[2]["content"], "hello");
-        assert_eq!(s.token_fetches, 1, "the access token is cached");
+        assert_eq!(s.token.requests.len(), 1, "the access token is cached");
     }
 
     // WeChat says the token expired: the stable token comes back the same, so a new one
@@ -157,7 +117,7 @@ async fn risky_questions_are_refused_and_others_served() {
     assert!(parse_mp(&again.chunks).done.is_some());
     {
         let s = seen.lock().unwrap();
-        assert_eq!((s.token_fetches, s.token_number), (3, 2));
+        assert_eq!((s.token.requests.len(), s.token.number), (3, 2));
     }
 
     // A password user has no openid: nothing is sent to WeChat.

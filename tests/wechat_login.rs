@@ -7,58 +7,27 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use common::Gateway;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 /// A WeChat API that knows a few codes; records the query strings it was sent.
 async fn mock_wechat(seen: Arc<Mutex<Vec<String>>>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let query = req.uri().query().unwrap_or_default().to_string();
-                    seen.lock()
-                        .unwrap()
-                        .push(format!("{}?{query}", req.uri().path()));
-                    let code = query
-                        .split('&')
-                        .find_map(|kv| kv.strip_prefix("js_code="))
-                        .unwrap_or_default()
-                        .to_string();
-                    let body = match code.as_str() {
-                        "alice-1" | "alice-2" => {
-                            json!({"openid": "o-alice", "session_key": "SECRET-KEY", "unionid": "u-alice"})
-                        }
-                        "bob-1" => json!({"openid": "o-bob", "session_key": "SECRET-KEY"}),
-                        "busy" => {
-                            json!({"errcode": 45011, "errmsg": "api minute-quota reach limit"})
-                        }
-                        _ => json!({"errcode": 40029, "errmsg": "invalid code"}),
-                    };
-                    async move {
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                            body.to_string(),
-                        ))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    common::mock_json_api(move |call| {
+        seen.lock()
+            .unwrap()
+            .push(format!("{}?{}", call.path, call.query));
+        match call.param("js_code").unwrap_or_default() {
+            "alice-1" | "alice-2" => {
+                json!({"openid": "o-alice", "session_key": "SECRET-KEY", "unionid": "u-alice"})
+            }
+            "bob-1" => json!({"openid": "o-bob", "session_key": "SECRET-KEY"}),
+            "busy" => json!({"errcode": 45011, "errmsg": "api minute-quota reach limit"}),
+            _ => json!({"errcode": 40029, "errmsg": "invalid code"}),
         }
-    });
-    format!("http://{addr}")
+    })
+    .await
 }
 
 #[tokio::test]

@@ -12,21 +12,16 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use base64::Engine;
-use bytes::Bytes;
 use chatgate::config::{Channel, Config, ModelConfig};
 use chatgate::mock_upstream::{MockConfig, MockUpstream, answer_for};
 use chatgate::wechat_oa::crypto::{self, SafeMode};
 use common::{Gateway, RawClient, databases};
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
@@ -757,10 +752,7 @@ async fn safe_mode_matches_an_independent_vector_and_round_trips() {
 
 #[derive(Default)]
 struct Api {
-    /// Bodies of `POST /cgi-bin/stable_token`.
-    token_requests: Vec<Value>,
-    /// The current stable token's number (`T{n}`); a forced refresh makes a new one.
-    token_number: usize,
+    token: common::StableToken,
     /// Every `custom/send`: the access token used, the JSON body, the errcode answered.
     sends: Vec<(String, Value, i64)>,
     /// Sends with this token answer 40001 (invalid credential).
@@ -770,64 +762,27 @@ struct Api {
 }
 
 async fn mock_wechat_api(state: Arc<Mutex<Api>>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let state = Arc::clone(&state);
-            tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let state = Arc::clone(&state);
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let query = req.uri().query().unwrap_or_default().to_string();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let answer = {
-                            let mut api = state.lock().unwrap();
-                            match path.as_str() {
-                                "/cgi-bin/stable_token" => {
-                                    let asked: Value = serde_json::from_slice(&body).unwrap();
-                                    if api.token_number == 0 || asked["force_refresh"] == true {
-                                        api.token_number += 1;
-                                    }
-                                    api.token_requests.push(asked);
-                                    json!({"access_token": format!("T{}", api.token_number), "expires_in": 7200})
-                                }
-                                "/cgi-bin/message/custom/send" => {
-                                    let token = query
-                                        .split('&')
-                                        .find_map(|kv| kv.strip_prefix("access_token="))
-                                        .unwrap_or_default()
-                                        .to_string();
-                                    let errcode = if api.revoked.as_deref() == Some(token.as_str())
-                                    {
-                                        40001
-                                    } else if api.fail_next > 0 {
-                                        api.fail_next -= 1;
-                                        45015
-                                    } else {
-                                        0
-                                    };
-                                    let sent: Value = serde_json::from_slice(&body).unwrap();
-                                    api.sends.push((token, sent, errcode));
-                                    json!({"errcode": errcode, "errmsg": if errcode == 0 { "ok" } else { "refused" }})
-                                }
-                                _ => json!({"errcode": 404}),
-                            }
-                        };
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                            answer.to_string(),
-                        ))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    common::mock_json_api(move |call| {
+        let mut api = state.lock().unwrap();
+        match call.path.as_str() {
+            "/cgi-bin/stable_token" => api.token.answer(call.json()),
+            "/cgi-bin/message/custom/send" => {
+                let token = call.param("access_token").unwrap_or_default().to_string();
+                let errcode = if api.revoked.as_deref() == Some(token.as_str()) {
+                    40001
+                } else if api.fail_next > 0 {
+                    api.fail_next -= 1;
+                    45015
+                } else {
+                    0
+                };
+                api.sends.push((token, call.json(), errcode));
+                json!({"errcode": errcode, "errmsg": if errcode == 0 { "ok" } else { "refused" }})
+            }
+            _ => json!({"errcode": 404}),
         }
-    });
-    format!("http://{addr}")
+    })
+    .await
 }
 
 async fn wait_sends(api: &Arc<Mutex<Api>>, n: usize) -> Vec<(String, Value, i64)> {
@@ -874,7 +829,7 @@ async fn push_mode_answers_at_once_pushes_the_answer_and_falls_back_to_the_link(
     assert_eq!(sends[0].1["touser"], "o-push");
     assert_eq!(sends[0].1["msgtype"], "text");
     assert_eq!(sends[0].1["text"]["content"], answer_for("推送"));
-    let asked = api.lock().unwrap().token_requests[0].clone();
+    let asked = api.lock().unwrap().token.requests[0].clone();
     assert_eq!(
         asked,
         json!({"grant_type": "client_credential", "appid": "wx-oa", "secret": "oa-secret", "force_refresh": false})
@@ -884,7 +839,7 @@ async fn push_mode_answers_at_once_pushes_the_answer_and_falls_back_to_the_link(
     sim.text("o-push", 6002, "第二个").await;
     let sends = wait_sends(&api, 2).await;
     assert_eq!(sends[1].0, "T1");
-    assert_eq!(api.lock().unwrap().token_requests.len(), 1);
+    assert_eq!(api.lock().unwrap().token.requests.len(), 1);
 
     // WeChat revokes the token: refreshed once, the push goes through.
     api.lock().unwrap().revoked = Some("T1".into());
@@ -894,7 +849,7 @@ async fn push_mode_answers_at_once_pushes_the_answer_and_falls_back_to_the_link(
     assert_eq!((sends[3].0.as_str(), sends[3].2), ("T2", 0));
     assert_eq!(sends[3].1["text"]["content"], answer_for("换令牌"));
     // The stable token came back refused once more, so a new one was forced — once.
-    let asked = api.lock().unwrap().token_requests.clone();
+    let asked = api.lock().unwrap().token.requests.clone();
     assert_eq!(asked.len(), 3, "{asked:?}");
     assert_eq!(
         (

@@ -612,3 +612,83 @@ pub fn spawn_binary(dir: &std::path::Path, env: &[(&str, &str)]) -> Binary {
         .expect("the binary logs its address");
     Binary { child, addr, log }
 }
+
+/// One request to a [`mock_json_api`].
+pub struct ApiCall {
+    pub path: String,
+    pub query: String,
+    pub body: bytes::Bytes,
+}
+
+impl ApiCall {
+    /// The body as JSON (`Null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// A query parameter's raw value.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    }
+}
+
+/// A mock HTTP API (WeChat's, in the tests) on `127.0.0.1:0` answering every request
+/// with `answer`'s JSON; returns its base URL.
+pub async fn mock_json_api(answer: impl Fn(ApiCall) -> Value + Send + Sync + 'static) -> String {
+    use http_body_util::BodyExt;
+    let answer = Arc::new(answer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let answer = Arc::clone(&answer);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let answer = Arc::clone(&answer);
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let query = req.uri().query().unwrap_or_default().to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let json = answer(ApiCall { path, query, body });
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(json.to_string())),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// WeChat's `POST cgi-bin/stable_token`, simulated: the same token (`T1`, `T2`, …) for
+/// every caller until one forces a refresh.
+#[derive(Default)]
+pub struct StableToken {
+    /// The current token's number (0: none handed out yet).
+    pub number: usize,
+    /// Every request body, in order.
+    pub requests: Vec<Value>,
+}
+
+impl StableToken {
+    pub fn answer(&mut self, asked: Value) -> Value {
+        if self.number == 0 || asked["force_refresh"] == true {
+            self.number += 1;
+        }
+        self.requests.push(asked);
+        json!({"access_token": self.current(), "expires_in": 7200})
+    }
+
+    pub fn current(&self) -> String {
+        format!("T{}", self.number)
+    }
+}
