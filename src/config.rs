@@ -947,13 +947,17 @@ mod tests {
             (pay(&format!("{key}\norder_ttl_secs = 5")), "order_ttl_secs"),
             (pay(&format!("{key}\nsurprise = 1")), "unknown field"),
         ];
-        for (text, says) in &money {
+        // The one-line error a config file gives.
+        let load_error = |text: &str| {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("c.toml");
             std::fs::write(&path, text).unwrap();
-            let err = Config::load(Some(&path), &env(&[]))
+            Config::load(Some(&path), &env(&[]))
                 .unwrap_err()
-                .to_string();
+                .to_string()
+        };
+        for (text, says) in &money {
+            let err = load_error(text);
             assert!(err.contains(says), "{text:?} gave {err}");
             assert!(
                 !err.contains('\n'),
@@ -975,12 +979,7 @@ mod tests {
             "public_url = \"chat.example.com\"",
         ];
         for text in cases.iter().copied() {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("c.toml");
-            std::fs::write(&path, text).unwrap();
-            let err = Config::load(Some(&path), &env(&[]))
-                .unwrap_err()
-                .to_string();
+            let err = load_error(text);
             assert!(
                 !err.contains('\n'),
                 "{text:?} gave a multi-line error: {err}"

@@ -6,15 +6,14 @@
 
 mod common;
 
-use chatgate::config::{Channel, ModelConfig};
+use chatgate::config::{Channel, Config, ModelConfig};
 use chatgate::mock_upstream::{Fault, MOCK_PNG, MockConfig, MockUpstream};
 use common::Gateway;
 use serde_json::{Value, json};
 
-#[tokio::test]
-async fn images_are_kept_served_billed_once_and_expire() {
-    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
-    let gw = Gateway::start(|c| {
+/// A gateway whose mock channel serves chat and `dall-e-3` at 40,000 micros an image.
+async fn painting_gateway(mock: &MockUpstream, change: impl FnOnce(&mut Config)) -> Gateway {
+    Gateway::start(|c| {
         c.channels = vec![Channel {
             models: vec!["gpt-4o-mini".into(), "dall-e-3".into()],
             ..Channel::new("mock", mock.base_url())
@@ -26,9 +25,15 @@ async fn images_are_kept_served_billed_once_and_expire() {
                 ..ModelConfig::default()
             },
         );
-        c.images.ttl_secs = 1;
+        change(c);
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn images_are_kept_served_billed_once_and_expire() {
+    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let gw = painting_gateway(&mock, |c| c.images.ttl_secs = 1).await;
     let (token, user_id) = gw.register_with("painter", 200_000).await;
     let (status, made) = gw
         .json(
@@ -175,21 +180,7 @@ async fn an_image_takes_a_place_among_the_open_upstream_streams() {
     })
     .await
     .unwrap();
-    let gw = Gateway::start(|c| {
-        c.channels = vec![Channel {
-            models: vec!["gpt-4o-mini".into(), "dall-e-3".into()],
-            ..Channel::new("mock", mock.base_url())
-        }];
-        c.models.insert(
-            "dall-e-3".into(),
-            ModelConfig {
-                image_micros: 40_000,
-                ..ModelConfig::default()
-            },
-        );
-        c.limits.upstream_concurrent_streams = 1;
-    })
-    .await;
+    let gw = painting_gateway(&mock, |c| c.limits.upstream_concurrent_streams = 1).await;
     let (token, _) = gw.register_with("busy-painter", 200_000).await;
     let body = json!({"message": "long"}).to_string();
     let mut answer = common::RawClient::send(

@@ -16,20 +16,15 @@ mod common;
 
 use std::sync::OnceLock;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use chatgate::config::{Config, RechargePackage, WechatPayConfig};
 use chatgate::pay::mock::{
-    MockPay, MockPayConfig, Notification, NotifyMode, Sealing, seal_notification,
+    MockPay, MockPayConfig, Notification, NotifyMode, Sealing, seal_notification, verifies,
 };
 use common::{Gateway, RawClient, databases};
-use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
+use rsa::RsaPrivateKey;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-use rsa::signature::{SignatureEncoding, Signer, Verifier};
-use rsa::{RsaPrivateKey, RsaPublicKey};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 const MCH_ID: &str = "1900000109";
 const APP_ID: &str = "wxd678efh567hg6787";
@@ -62,23 +57,10 @@ fn keys() -> &'static Keys {
     })
 }
 
-/// Signing and verifying written here with the RSA crate, independently of the gateway's
-/// `pay::crypto`.
+/// Signing and verifying come from the mock WeChat Pay (`pay::mock`), which uses the RSA
+/// crate directly — independently of the gateway's `pay::crypto`.
 fn sign(key: &RsaPrivateKey, message: &str) -> String {
-    let signature = SigningKey::<Sha256>::new(key.clone()).sign(message.as_bytes());
-    BASE64.encode(signature.to_bytes())
-}
-
-fn verifies(key: &RsaPublicKey, message: &str, signature: &str) -> bool {
-    let Ok(bytes) = BASE64.decode(signature) else {
-        return false;
-    };
-    let Ok(signature) = Signature::try_from(bytes.as_slice()) else {
-        return false;
-    };
-    VerifyingKey::<Sha256>::new(key.clone())
-        .verify(message.as_bytes(), &signature)
-        .is_ok()
+    chatgate::pay::mock::sign(key, message).unwrap()
 }
 
 fn now_secs() -> i64 {
