@@ -6,30 +6,11 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::App;
 use crate::error::AppError;
-use crate::wechat_token::is_token_error;
-
-#[derive(Deserialize)]
-struct Answer {
-    #[serde(default)]
-    errcode: i64,
-    #[serde(default)]
-    errmsg: String,
-    #[serde(default)]
-    result: Option<Verdict>,
-}
-
-#[derive(Deserialize)]
-struct Verdict {
-    #[serde(default)]
-    suggest: String,
-    #[serde(default)]
-    label: i64,
-}
+use crate::wechat_token::{TokenCall, api_error};
 
 /// What WeChat said, or why it said nothing.
 enum Checked {
@@ -74,46 +55,31 @@ pub async fn check(app: &App, openid: Option<&str>, text: &str) -> Result<(), Ap
 }
 
 async fn ask(app: &App, app_id: &str, secret: &str, openid: &str, text: &str) -> Checked {
-    let w = &app.config.wechat;
-    let url = format!("{}/wxa/msg_sec_check", w.api_base.trim_end_matches('/'));
     let body = json!({"content": text, "version": 2, "scene": 2, "openid": openid});
-    for attempt in 0..2 {
-        let token = match app
-            .wechat_tokens
-            .get(&app.http, &w.api_base, app_id, secret)
-            .await
-        {
-            Ok(token) => token,
-            Err(e) => return Checked::Unavailable(e.to_string()),
-        };
-        let sent = app
-            .http
-            .post(&url)
-            .query(&[("access_token", token.as_str())])
-            .json(&body)
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await;
-        let answer: Answer = match sent {
-            Ok(resp) => match resp.json().await {
-                Ok(answer) => answer,
-                Err(e) => return Checked::Unavailable(e.without_url().to_string()),
-            },
-            Err(e) => return Checked::Unavailable(e.without_url().to_string()),
-        };
-        match answer.errcode {
-            0 => {
-                return match answer.result {
-                    Some(v) if v.suggest == "risky" => Checked::Risky { label: v.label },
-                    Some(_) => Checked::Pass,
-                    None => Checked::Unavailable("an answer without a result".into()),
-                };
-            }
-            code if is_token_error(code) && attempt == 0 => {
-                app.wechat_tokens.invalidate(app_id, &token).await;
-            }
-            code => return Checked::Unavailable(format!("errcode {code}: {}", answer.errmsg)),
-        }
+    let answer = app
+        .wechat_tokens
+        .post(TokenCall {
+            http: &app.http,
+            api_base: &app.config.wechat.api_base,
+            app_id,
+            secret,
+            path: "/wxa/msg_sec_check",
+            body: &body,
+            timeout: Duration::from_secs(3),
+        })
+        .await;
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(why) => return Checked::Unavailable(why),
+    };
+    if let Some(error) = api_error(&answer) {
+        return Checked::Unavailable(error);
     }
-    Checked::Unavailable("access token refused twice".into())
+    match answer["result"]["suggest"].as_str() {
+        Some("risky") => Checked::Risky {
+            label: answer["result"]["label"].as_i64().unwrap_or(0),
+        },
+        Some(_) => Checked::Pass,
+        None => Checked::Unavailable("an answer without a result".into()),
+    }
 }

@@ -118,6 +118,64 @@ impl AccessTokens {
     }
 }
 
+/// Calls a WeChat API that takes an access token.
+pub struct TokenCall<'a> {
+    pub http: &'a reqwest::Client,
+    pub api_base: &'a str,
+    pub app_id: &'a str,
+    pub secret: &'a str,
+    /// From the API base, e.g. `/wxa/msg_sec_check`.
+    pub path: &'a str,
+    pub body: &'a serde_json::Value,
+    pub timeout: Duration,
+}
+
+impl AccessTokens {
+    /// POSTs `call.body` to `{api_base}{path}?access_token=…` with the app's token; when
+    /// WeChat says the token is invalid or expired, drops it and tries once more with a
+    /// fresh one. The answer's JSON, whatever its `errcode` (0 or absent = success), or
+    /// why there is none.
+    pub async fn post(&self, call: TokenCall<'_>) -> Result<serde_json::Value, String> {
+        let url = format!("{}{}", call.api_base.trim_end_matches('/'), call.path);
+        for attempt in 0..2 {
+            let token = self
+                .get(call.http, call.api_base, call.app_id, call.secret)
+                .await
+                .map_err(|e| e.to_string())?;
+            let answer: serde_json::Value = call
+                .http
+                .post(&url)
+                .query(&[("access_token", token.as_str())])
+                .json(call.body)
+                .timeout(call.timeout)
+                .send()
+                .await
+                .map_err(|e| e.without_url().to_string())?
+                .json()
+                .await
+                .map_err(|e| e.without_url().to_string())?;
+            let errcode = answer["errcode"].as_i64().unwrap_or(0);
+            if is_token_error(errcode) && attempt == 0 {
+                self.invalidate(call.app_id, &token).await;
+                continue;
+            }
+            return Ok(answer);
+        }
+        Err("access token refused twice".into())
+    }
+}
+
+/// The `errcode` of a WeChat answer and its `errmsg`, when it is not a success.
+pub fn api_error(answer: &serde_json::Value) -> Option<String> {
+    match answer["errcode"].as_i64().unwrap_or(0) {
+        0 => None,
+        code => Some(format!(
+            "errcode {code}: {}",
+            answer["errmsg"].as_str().unwrap_or_default()
+        )),
+    }
+}
+
 async fn fetch(
     http: &reqwest::Client,
     api_base: &str,

@@ -10,12 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::App;
 use crate::chat::answer::{Answer, Ending};
-use crate::wechat_token::is_token_error;
+use crate::wechat_token::{TokenCall, api_error};
 
 use super::text;
 
@@ -41,13 +40,6 @@ pub fn spawn(app: &Arc<App>, openid: String, answer: Arc<Answer>, link: String) 
     });
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ApiAnswer {
-    errcode: i64,
-    errmsg: String,
-}
-
 /// Sends one text message; a rejected access token is dropped and the send retried once
 /// with a fresh one.
 pub async fn send_text(app: &App, openid: &str, content: &str) -> Result<(), String> {
@@ -55,36 +47,21 @@ pub async fn send_text(app: &App, openid: &str, content: &str) -> Result<(), Str
     let (Some(app_id), Some(secret)) = (&w.oa_app_id, &w.oa_app_secret) else {
         return Err("oa_app_id / oa_app_secret not configured".into());
     };
-    let url = format!(
-        "{}/cgi-bin/message/custom/send",
-        w.api_base.trim_end_matches('/')
-    );
     let body = json!({"touser": openid, "msgtype": "text", "text": {"content": content}});
-    for attempt in 0..2 {
-        let token = app
-            .wechat_tokens
-            .get(&app.http, &w.api_base, app_id, secret)
-            .await
-            .map_err(|e| e.to_string())?;
-        let answer: ApiAnswer = app
-            .http
-            .post(&url)
-            .query(&[("access_token", token.as_str())])
-            .json(&body)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| e.without_url().to_string())?
-            .json()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
-        match answer.errcode {
-            0 => return Ok(()),
-            code if is_token_error(code) && attempt == 0 => {
-                app.wechat_tokens.invalidate(app_id, &token).await;
-            }
-            code => return Err(format!("errcode {code}: {}", answer.errmsg)),
-        }
+    let answer = app
+        .wechat_tokens
+        .post(TokenCall {
+            http: &app.http,
+            api_base: &w.api_base,
+            app_id,
+            secret,
+            path: "/cgi-bin/message/custom/send",
+            body: &body,
+            timeout: Duration::from_secs(10),
+        })
+        .await?;
+    match api_error(&answer) {
+        None => Ok(()),
+        Some(error) => Err(error),
     }
-    Err("access token refused twice".into())
 }
