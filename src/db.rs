@@ -8,12 +8,24 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ActiveValue::Set, ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait};
 
+/// Connections to a SQLite file. Each has its own thread; one writer at a time anyway.
+const SQLITE_CONNECTIONS: u32 = 1;
+
 /// Opens a pool on `url` and brings the schema up to date.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let sqlite = url.starts_with("sqlite");
     let mut opts = ConnectOptions::new(url);
-    opts.max_connections(if url.starts_with("sqlite") { 8 } else { 32 })
+    opts.max_connections(if sqlite { SQLITE_CONNECTIONS } else { 32 })
         .min_connections(1)
-        .connect_timeout(Duration::from_secs(10))
+        // A statement on SQLite is a round trip to the connection's own thread; a ping
+        // before every use would double the short ones. Servers' connections are pinged
+        // only after sitting idle (a firewall may have cut them); a SQLite file cannot go
+        // away underneath.
+        .test_before_acquire(false);
+    if !sqlite {
+        opts.test_before_acquire_if_idle_for(Duration::from_secs(30));
+    }
+    opts.connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(30))
         .sqlx_logging(false)
         // SQLite: WAL lets readers run beside the one writer; a writer that finds the

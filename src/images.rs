@@ -102,7 +102,7 @@ pub async fn generate(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     let grant = holds::take_alone(
         &app.db,
         holds::Request {
-            user: &user,
+            user_id: user.id,
             message_id: &job_id,
             price: &price,
             prompt_tokens: 0,

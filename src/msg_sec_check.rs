@@ -19,6 +19,12 @@ enum Checked {
     Unavailable(String),
 }
 
+/// Whether questions are checked at all (switched on, with the mini-program's credentials).
+pub fn enabled(app: &App) -> bool {
+    let w = &app.config.wechat;
+    app.config.safety.msg_sec_check && w.mp_app_id.is_some() && w.mp_app_secret.is_some()
+}
+
 /// Checks `text` of the user with mini-program `openid` when the check is configured;
 /// `Ok` to serve it.
 pub async fn check(app: &App, openid: Option<&str>, text: &str) -> Result<(), AppError> {

@@ -208,7 +208,7 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     let grant = holds::take_alone(
         &app.db,
         holds::Request {
-            user: &user,
+            user_id: user.id,
             message_id: &message_id,
             price: &price,
             prompt_tokens,

@@ -4,8 +4,8 @@
 use entity::{conversation, message};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::history::Turn;
@@ -84,14 +84,14 @@ pub async fn insert_turn<C: ConnectionTrait>(txn: &C, turn: NewTurn<'_>) -> Resu
     let now = crate::clock::unix_millis();
     match turn.new_conversation_title {
         Some(title) => {
-            conversation::ActiveModel {
+            conversation::Entity::insert(conversation::ActiveModel {
                 id: Set(turn.conversation_id.to_string()),
                 user_id: Set(turn.user_id),
                 title: Set(title),
                 created_at: Set(now),
                 updated_at: Set(now),
-            }
-            .insert(txn)
+            })
+            .exec_without_returning(txn)
             .await?;
         }
         None => {
@@ -130,7 +130,7 @@ pub async fn insert_turn<C: ConnectionTrait>(txn: &C, turn: NewTurn<'_>) -> Resu
             STREAMING,
         ),
     ])
-    .exec(txn)
+    .exec_without_returning(txn)
     .await?;
     Ok(())
 }

@@ -7,8 +7,8 @@
 use entity::{daily_usage, hold, ledger_entry, usage_record, user};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, QueryFilter, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    TransactionTrait,
 };
 
 use super::pricing::cost;
@@ -47,7 +47,7 @@ pub struct Grant {
 
 /// What one answer may take.
 pub struct Request<'a> {
-    pub user: &'a user::Model,
+    pub user_id: i64,
     pub message_id: &'a str,
     pub price: &'a ModelConfig,
     /// Our own count of the prompt.
@@ -66,17 +66,16 @@ fn prompt_with_margin(prompt_tokens: u64) -> u64 {
 /// what the balance affords). Runs inside the caller's transaction, so a refusal or a
 /// later failure stores nothing. Its first statement writes: on SQLite a transaction
 /// that reads first cannot wait for the write lock and fails at once under contention.
+/// The user's row is only read when the worst case cannot be paid (a guest's debit
+/// never passes; a user that does not exist is told to log in again).
 pub async fn take<C: ConnectionTrait>(db: &C, req: Request<'_>) -> Result<Grant, AppError> {
-    let user_id = req.user.id;
+    let user_id = req.user_id;
     if req.free_per_day > 0 && take_free_message(db, user_id, req.day, req.free_per_day).await? {
         let hold = insert(db, &req, FREE, 0).await?;
         return Ok(Grant {
             hold,
             max_tokens: req.max_tokens,
         });
-    }
-    if req.user.is_guest {
-        return Err(quota_exhausted());
     }
     let prompt = prompt_with_margin(req.prompt_tokens);
     let worst = cost(req.price, &usage(prompt, req.max_tokens));
@@ -88,10 +87,14 @@ pub async fn take<C: ConnectionTrait>(db: &C, req: Request<'_>) -> Result<Grant,
         });
     }
     // Not the worst case: perhaps a shorter answer.
-    let balance = user::Entity::find_by_id(user_id)
+    let user = user::Entity::find_by_id(user_id)
         .one(db)
         .await?
-        .map_or(0, |u| u.balance_micros);
+        .ok_or(AppError::Unauthorized("账号不存在，请重新登录"))?;
+    if user.is_guest {
+        return Err(quota_exhausted());
+    }
+    let balance = user.balance_micros;
     // Never above what was asked for (the balance may have risen meanwhile).
     let affordable = Ord::min(
         affordable_output(req.price, prompt, balance),
@@ -156,8 +159,8 @@ pub fn affordable_output(price: &ModelConfig, prompt_tokens: u64, balance: i64) 
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-/// `balance -= amount` only if the balance covers it. One statement: concurrent
-/// requests cannot both pass the check.
+/// `balance -= amount` only if the balance covers it (and the user is no guest: guests
+/// have free messages only). One statement: concurrent requests cannot both pass the check.
 async fn debit<C: ConnectionTrait>(db: &C, user_id: i64, amount: i64) -> Result<bool, AppError> {
     let result = user::Entity::update_many()
         .col_expr(
@@ -166,6 +169,7 @@ async fn debit<C: ConnectionTrait>(db: &C, user_id: i64, amount: i64) -> Result<
         )
         .filter(user::Column::Id.eq(user_id))
         .filter(user::Column::BalanceMicros.gte(amount))
+        .filter(user::Column::IsGuest.eq(false))
         .exec(db)
         .await?;
     Ok(result.rows_affected == 1)
@@ -220,9 +224,9 @@ async fn insert<C: ConnectionTrait>(
     amount: i64,
 ) -> Result<Hold, AppError> {
     let id = store::new_id();
-    hold::ActiveModel {
+    hold::Entity::insert(hold::ActiveModel {
         id: Set(id.clone()),
-        user_id: Set(req.user.id),
+        user_id: Set(req.user_id),
         message_id: Set(req.message_id.to_string()),
         kind: Set(kind.to_string()),
         amount_micros: Set(amount),
@@ -231,12 +235,12 @@ async fn insert<C: ConnectionTrait>(
         status: Set(OPEN.to_string()),
         created_at: Set(crate::clock::unix_millis()),
         settled_at: Set(None),
-    }
-    .insert(db)
+    })
+    .exec_without_returning(db)
     .await?;
     Ok(Hold {
         id,
-        user_id: req.user.id,
+        user_id: req.user_id,
         free: kind == FREE,
         amount_micros: amount,
         day: req.day.to_string(),
@@ -300,6 +304,7 @@ pub async fn settle(db: &DatabaseConnection, s: &Settlement<'_>) -> Result<Settl
         .await?;
     let applied = closed.rows_affected == 1;
     let mut charged = 0;
+    let mut balance = None;
     if applied {
         let user_id = s.hold.user_id;
         if s.hold.free {
@@ -326,18 +331,27 @@ pub async fn settle(db: &DatabaseConnection, s: &Settlement<'_>) -> Result<Settl
                 tracing::warn!(hold = %s.hold.id, cost = s.cost_micros, held = s.hold.amount_micros, "cost above the hold; charging the hold");
             }
             let refund = s.hold.amount_micros - charged;
-            if refund > 0 {
-                user::Entity::update_many()
+            // Where the database can say the new balance with the update, it does (the
+            // reply's balance then costs no statement of its own).
+            if refund > 0 || txn.support_returning() {
+                let update = user::Entity::update_many()
                     .col_expr(
                         user::Column::BalanceMicros,
                         Expr::col(user::Column::BalanceMicros).add(refund),
                     )
-                    .filter(user::Column::Id.eq(user_id))
-                    .exec(&txn)
-                    .await?;
+                    .filter(user::Column::Id.eq(user_id));
+                if txn.support_returning() {
+                    balance = update
+                        .exec_with_returning(&txn)
+                        .await?
+                        .first()
+                        .map(|u| u.balance_micros);
+                } else {
+                    update.exec(&txn).await?;
+                }
             }
             if charged > 0 {
-                ledger_entry::ActiveModel {
+                ledger_entry::Entity::insert(ledger_entry::ActiveModel {
                     user_id: Set(user_id),
                     amount_micros: Set(-charged),
                     kind: Set("charge".into()),
@@ -345,12 +359,12 @@ pub async fn settle(db: &DatabaseConnection, s: &Settlement<'_>) -> Result<Settl
                     note: Set(format!("{} answer {}", s.model, s.message_id)),
                     created_at: Set(now),
                     ..Default::default()
-                }
-                .insert(&txn)
+                })
+                .exec_without_returning(&txn)
                 .await?;
             }
         }
-        usage_record::ActiveModel {
+        usage_record::Entity::insert(usage_record::ActiveModel {
             user_id: Set(user_id),
             message_id: Set(s.message_id.to_string()),
             model: Set(s.model.to_string()),
@@ -365,8 +379,8 @@ pub async fn settle(db: &DatabaseConnection, s: &Settlement<'_>) -> Result<Settl
             status: Set(s.answer.status.to_string()),
             created_at: Set(now),
             ..Default::default()
-        }
-        .insert(&txn)
+        })
+        .exec_without_returning(&txn)
         .await?;
     }
     // A hold the sweep already settled also stored the answer: leave its row alone.
@@ -377,10 +391,13 @@ pub async fn settle(db: &DatabaseConnection, s: &Settlement<'_>) -> Result<Settl
         };
         store::finish_answer(&txn, s.message_id, &answer).await?;
     }
-    let balance_micros = user::Entity::find_by_id(s.hold.user_id)
-        .one(&txn)
-        .await?
-        .map_or(0, |u| u.balance_micros);
+    let balance_micros = match balance {
+        Some(balance) => balance,
+        None => user::Entity::find_by_id(s.hold.user_id)
+            .one(&txn)
+            .await?
+            .map_or(0, |u| u.balance_micros),
+    };
     txn.commit().await?;
     Ok(Settled {
         charged_micros: charged,
