@@ -60,7 +60,14 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ClientAddr(peer));
             let app = Arc::clone(&app);
-            async move { Ok::<_, std::convert::Infallible>(crate::router::handle(app, req).await) }
+            // hyper keeps the room for this future as long as the connection lives, also
+            // while a streamed answer is being written long after the handler returned:
+            // the handler itself (several KB: the largest of all routes) lives on the heap
+            // only while it runs.
+            async move {
+                let handler = Box::pin(crate::router::handle(app, req));
+                Ok::<_, std::convert::Infallible>(handler.await)
+            }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
