@@ -36,6 +36,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let sweeper = tokio::spawn(crate::sweep::run(Arc::clone(&app)));
+    let flusher = tokio::spawn(crate::chat::flush::run(Arc::clone(&app)));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -100,5 +101,6 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     let _ = tokio::time::timeout(Duration::from_secs(5), connections_closed).await;
     app.shutdown.cancel();
     sweeper.abort();
+    flusher.abort();
     tracing::info!("stopped");
 }

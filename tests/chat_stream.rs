@@ -878,3 +878,72 @@ async fn a_late_flush_never_overwrites_a_finished_answer() {
     assert_eq!(again["content"], stored["content"]);
     assert_eq!(again["content"], mock_upstream::answer_for("flush"));
 }
+
+#[tokio::test]
+async fn one_flush_stores_many_answers_and_never_a_finished_or_stopped_one() {
+    for (name, url) in common::databases().await {
+        eprintln!("database: {name}");
+        let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+        let gw = Gateway::start_on(url, |c| use_mock(c, &mock)).await;
+        flush_many(&gw).await;
+    }
+}
+
+async fn flush_many(gw: &Gateway) {
+    use chatgate::chat::store::{self, NewTurn};
+    let (token, user_id) = gw.register_with("batch-flush", 100_000_000).await;
+    let resp = gw.chat(&token, &json!({"message": "flush"}), true).await;
+    let finished = resp.header("x-message-id").unwrap().to_string();
+    let stored = gw.wait_answer(&token, &finished).await;
+    assert_eq!(stored["status"], "done");
+    // Three answers streaming (rows as a new turn writes them); one is asked to stop.
+    let streaming: Vec<String> = (0..3).map(|_| store::new_id()).collect();
+    for (i, id) in streaming.iter().enumerate() {
+        store::insert_turn(
+            &gw.app.db,
+            NewTurn {
+                user_id,
+                conversation_id: &format!("batch-flush-{i}"),
+                new_conversation_title: Some("t".into()),
+                seq: 0,
+                question: "q",
+                answer_id: id,
+                model: "m",
+            },
+        )
+        .await
+        .unwrap();
+    }
+    assert!(
+        store::request_stop(&gw.app.db, &streaming[2], user_id)
+            .await
+            .unwrap()
+    );
+
+    let texts = ["第一个 'quoted'", "second\nline", "stopped"];
+    let mut pairs: Vec<(&str, &str)> = streaming.iter().map(String::as_str).zip(texts).collect();
+    pairs.push((&finished, "stale"));
+    let changed = store::flush_contents(&gw.app.db, &pairs).await.unwrap();
+    assert_eq!(changed, 2, "the two streaming answers not asked to stop");
+    for (id, expected) in streaming
+        .iter()
+        .zip(["第一个 'quoted'", "second\nline", ""])
+    {
+        let row = store::answer_of(&gw.app.db, id, user_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.content, expected);
+    }
+    let row = store::answer_of(&gw.app.db, &finished, user_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.content, mock_upstream::answer_for("flush"));
+    assert_eq!(
+        store::stops_requested(&gw.app.db, &[&streaming[0], &streaming[2], &finished])
+            .await
+            .unwrap(),
+        vec![streaming[2].clone()]
+    );
+}

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -100,6 +101,8 @@ pub struct Answer {
     live: Mutex<Live>,
     /// Cancelled by `POST /api/messages/{id}/stop`.
     pub stop: CancellationToken,
+    /// How much of the text (bytes) the periodic flush has stored.
+    pub flushed_len: AtomicUsize,
 }
 
 impl Answer {
@@ -118,6 +121,7 @@ impl Answer {
                 waiting: Vec::new(),
             }),
             stop: CancellationToken::new(),
+            flushed_len: AtomicUsize::new(0),
         })
     }
 
@@ -455,6 +459,11 @@ impl AnswerRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every answer open now.
+    pub fn all(&self) -> Vec<Arc<Answer>> {
+        self.map().values().cloned().collect()
     }
 
     /// Stops every answer (the end of a shutdown grace period).

@@ -3,6 +3,7 @@
 //! two wire framings (mini-program frames and SSE).
 
 pub mod answer;
+pub mod flush;
 pub mod frame_mp;
 pub mod frame_sse;
 pub mod handlers;

@@ -135,34 +135,61 @@ pub async fn insert_turn<C: ConnectionTrait>(txn: &C, turn: NewTurn<'_>) -> Resu
     Ok(())
 }
 
-/// Stores the answer so far. Returns `false` when a stop was requested meanwhile (on
-/// any replica): the condition rides on the same statement, so noticing costs nothing.
+/// Stores the answer so far. Returns `false` when the row was not changed: a stop was
+/// requested meanwhile (on any replica), or the answer was stored finished.
 pub async fn flush_content(
     db: &DatabaseConnection,
     id: &str,
     content: &str,
 ) -> Result<bool, AppError> {
+    Ok(flush_contents(db, &[(id, content)]).await? > 0)
+}
+
+/// Stores the text so far of several streaming answers in one statement (`(id, text)`
+/// pairs). Only rows still streaming and not asked to stop change: a flush that lands
+/// late (after its answer was stored finished) never overwrites the final text.
+/// Returns how many rows changed.
+pub async fn flush_contents(
+    db: &DatabaseConnection,
+    answers: &[(&str, &str)],
+) -> Result<u64, AppError> {
+    let mut pairs = answers.iter();
+    let Some(&(id, content)) = pairs.next() else {
+        return Ok(0);
+    };
+    let mut text = Expr::case(message::Column::Id.eq(id), content);
+    for &(id, content) in pairs {
+        text = text.case(message::Column::Id.eq(id), content);
+    }
     let result = message::Entity::update_many()
-        .col_expr(message::Column::Content, Expr::value(content))
-        .filter(message::Column::Id.eq(id))
+        .col_expr(
+            message::Column::Content,
+            text.finally(Expr::col(message::Column::Content)).into(),
+        )
+        .filter(message::Column::Id.is_in(answers.iter().map(|&(id, _)| id)))
         .filter(message::Column::StopRequested.eq(false))
-        // Only while it streams: a flush that lands late (its task was cut while the
-        // statement was on its way) never overwrites the stored final answer.
         .filter(message::Column::Status.eq(STREAMING))
         .exec(db)
         .await?;
-    Ok(result.rows_affected > 0)
+    Ok(result.rows_affected)
 }
 
-/// Whether a stop was requested for answer `id` (from any replica).
-pub async fn stop_requested(db: &DatabaseConnection, id: &str) -> Result<bool, AppError> {
-    let flag: Option<bool> = message::Entity::find_by_id(id.to_string())
+/// Of the answers `ids`, those a stop was requested for (from any replica).
+pub async fn stops_requested(
+    db: &DatabaseConnection,
+    ids: &[&str],
+) -> Result<Vec<String>, AppError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(message::Entity::find()
         .select_only()
-        .column(message::Column::StopRequested)
+        .column(message::Column::Id)
+        .filter(message::Column::Id.is_in(ids.iter().copied()))
+        .filter(message::Column::StopRequested.eq(true))
         .into_tuple()
-        .one(db)
-        .await?;
-    Ok(flag.unwrap_or(false))
+        .all(db)
+        .await?)
 }
 
 /// The final state of an answer.

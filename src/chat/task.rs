@@ -1,5 +1,5 @@
 //! The task that produces one answer: opens the upstream, feeds every event to the
-//! shared [`Answer`], flushes the growing text to the database now and then, and at
+//! shared [`Answer`] (whose growing text the process-wide flush stores now and then), and at
 //! the end stores the answer and its cost exactly once. It belongs to the server, not
 //! to a connection: a client that goes away does not stop it; only a stop request or
 //! the maximum answer time does.
@@ -120,108 +120,55 @@ async fn drive(app: &App, job: &AnswerJob, progress: &mut Progress<'_>) -> Outco
     };
     progress.channel = source.channel().to_string();
     answer.set_streaming();
-
-    let period = Duration::from_secs_f64(app.config.answer_flush_secs);
-    let mut flush = Box::pin(tokio::time::sleep(flush_period(app, period)));
-    let mut flushed_len = 0;
-    // A flush runs beside the relay, not in its way: while the database (SQLite's one
-    // writer, busy with every other answer) takes its time, pieces keep flowing.
-    let mut flushing: Option<Flushing<'_>> = None;
-    let outcome = loop {
-        tokio::select! {
-            event = source.next() => match event {
-                Ok(Some(event)) => match chunk::parse_chunk(&event.data) {
-                    Ok(Chunk::Done) => break Outcome::Completed,
-                    Ok(Chunk::Delta { content, usage, .. }) => {
-                        if usage.is_some() {
-                            progress.usage = usage;
-                        }
-                        let text = content.as_deref().unwrap_or_default();
-                        if !text.is_empty() && progress.first_content.is_none() {
-                            progress.first_content = Some(Instant::now());
-                        }
-                        let shown = progress.gate.offer(event.data.clone(), text, |raw, text| answer.push(raw, text));
-                        if shown == Verdict::Blocked {
-                            tracing::info!(message_id = %answer.message_id, "answer cut at a listed word");
-                            metrics::counter!(crate::metrics::CONTENT_BLOCKED, "by" => "words_output").increment(1);
-                            break Outcome::Blocked;
-                        }
-                    }
-                    Ok(Chunk::Error { message }) => {
-                        tracing::warn!(channel = %progress.channel, %message, "upstream sent an error mid-answer");
-                        break Outcome::Failed {
-                            error: AppError::Upstream { timeout: false, msg: "上游服务出错，回答不完整".into() },
-                            before_open: false,
-                        };
-                    }
-                    Err(e) => {
-                        tracing::warn!(channel = %progress.channel, error = %e, "skipping an unreadable upstream event");
-                    }
-                },
-                Ok(None) => break Outcome::Completed,
-                Err(error) => break Outcome::Failed { error, before_open: false },
-            },
-            () = flush.as_mut(), if flushing.is_none() => {
-                flush.as_mut().reset(Instant::now() + flush_period(app, period));
-                let len = answer.content_len();
-                flushing = Some(if len != flushed_len {
-                    let content = answer.content();
-                    Box::pin(async move {
-                        Flushed::Content(len, store::flush_content(&app.db, &answer.message_id, &content).await)
-                    })
-                } else {
-                    // Nothing new to store (a silent upstream): look for a stop anyway.
-                    Box::pin(async move {
-                        Flushed::Checked(store::stop_requested(&app.db, &answer.message_id).await)
-                    })
-                });
+    // The text is flushed to the database by the process-wide flush (`super::flush`),
+    // which also carries out stops requested on other replicas.
+    loop {
+        let event = match source.next().await {
+            Ok(Some(event)) => event,
+            Ok(None) => return Outcome::Completed,
+            Err(error) => {
+                return Outcome::Failed {
+                    error,
+                    before_open: false,
+                };
             }
-            flushed = async {
-                match flushing.as_mut() {
-                    Some(f) => f.await,
-                    None => std::future::pending().await,
+        };
+        match chunk::parse_chunk(&event.data) {
+            Ok(Chunk::Done) => return Outcome::Completed,
+            Ok(Chunk::Delta { content, usage, .. }) => {
+                if usage.is_some() {
+                    progress.usage = usage;
                 }
-            }, if flushing.is_some() => {
-                flushing = None;
-                match flushed {
-                    Flushed::Content(len, Ok(true)) => flushed_len = len,
-                    Flushed::Content(_, Ok(false)) | Flushed::Checked(Ok(true)) => break Outcome::Stopped,
-                    Flushed::Content(_, Err(e)) => tracing::warn!(error = %e.msg(), "flushing an answer failed; will retry"),
-                    Flushed::Checked(_) => {}
+                let text = content.as_deref().unwrap_or_default();
+                if !text.is_empty() && progress.first_content.is_none() {
+                    progress.first_content = Some(Instant::now());
                 }
+                let shown = progress
+                    .gate
+                    .offer(event.data.clone(), text, |raw, text| answer.push(raw, text));
+                if shown == Verdict::Blocked {
+                    tracing::info!(message_id = %answer.message_id, "answer cut at a listed word");
+                    metrics::counter!(crate::metrics::CONTENT_BLOCKED, "by" => "words_output")
+                        .increment(1);
+                    return Outcome::Blocked;
+                }
+            }
+            Ok(Chunk::Error { message }) => {
+                tracing::warn!(channel = %progress.channel, %message, "upstream sent an error mid-answer");
+                return Outcome::Failed {
+                    error: AppError::Upstream {
+                        timeout: false,
+                        msg: "上游服务出错，回答不完整".into(),
+                    },
+                    before_open: false,
+                };
+            }
+            Err(e) => {
+                tracing::warn!(channel = %progress.channel, error = %e, "skipping an unreadable upstream event");
             }
         }
-    };
-    // A flush still on its way must land before the answer is stored, never after it.
-    if let Some(f) = flushing {
-        let _ = f.await;
     }
-    outcome
 }
-
-/// Flushes per second that all open answers of this process together aim not to exceed.
-/// Each flush is a database write (~0.1 ms of CPU on SQLite); at 10,000 open answers a
-/// flush per answer and second would cost more than a core, so with more open answers
-/// than this each one flushes less often (every `open answers / FLUSH_BUDGET_PER_SEC` s).
-/// What a crash can lose, and how late a stop from another replica is seen, grows with
-/// the load accordingly; `answer_flush_secs` stays the period below it.
-const FLUSH_BUDGET_PER_SEC: f64 = 500.0;
-
-/// The time until an answer's next flush.
-fn flush_period(app: &App, configured: Duration) -> Duration {
-    let paced = Duration::from_secs_f64(app.answers.len() as f64 / FLUSH_BUDGET_PER_SEC);
-    configured.max(paced)
-}
-
-/// What a periodic flush found.
-enum Flushed {
-    /// The text up to this length was stored (`false`: a stop was requested).
-    Content(usize, Result<bool, AppError>),
-    /// Nothing new; whether a stop was requested.
-    Checked(Result<bool, AppError>),
-}
-
-type Flushing<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Flushed> + Send + 'a>>;
 
 async fn finish(
     app: &App,
