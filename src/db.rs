@@ -6,7 +6,10 @@ use std::time::Duration;
 use entity::setting;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ActiveValue::Set, ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait};
+use sea_orm::{
+    ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend,
+    DbErr, EntityTrait, QueryResult, Statement,
+};
 
 /// Connections to a SQLite file. Each has its own thread; one writer at a time anyway.
 const SQLITE_CONNECTIONS: u32 = 1;
@@ -63,4 +66,39 @@ pub async fn setting_or_insert(
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("setting {key}")))?;
     Ok((row.value, true))
+}
+
+/// Runs `statements` in order, then `query`, inside the caller's transaction, and returns
+/// the rows of `query`. On SQLite they go to the connection's thread as one script: one
+/// round trip (a thread hand-off each way, the largest cost of a short statement there)
+/// instead of one per statement. The other databases take them one by one.
+pub async fn script<C: ConnectionTrait>(
+    db: &C,
+    statements: Vec<Statement>,
+    query: Option<Statement>,
+) -> Result<Vec<QueryResult>, DbErr> {
+    if db.get_database_backend() == DbBackend::Sqlite {
+        let mut sql = String::new();
+        let mut values = Vec::new();
+        for statement in statements.into_iter().chain(query) {
+            if !sql.is_empty() {
+                sql.push_str(";\n");
+            }
+            sql.push_str(&statement.sql);
+            // Placeholders are plain `?`: SQLite binds them across the script in order.
+            values.extend(statement.values.into_iter().flat_map(|v| v.0));
+        }
+        if sql.is_empty() {
+            return Ok(Vec::new());
+        }
+        let script = Statement::from_sql_and_values(DbBackend::Sqlite, sql, values);
+        return db.query_all_raw(script).await;
+    }
+    for statement in statements {
+        db.execute_raw(statement).await?;
+    }
+    match query {
+        Some(query) => db.query_all_raw(query).await,
+        None => Ok(Vec::new()),
+    }
 }

@@ -109,6 +109,7 @@ pub async fn generate(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
             max_tokens: 0,
             free_per_day: 0,
             day: &day,
+            with: Vec::new(),
         },
     )
     .await?;

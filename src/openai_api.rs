@@ -215,6 +215,7 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             max_tokens,
             free_per_day: app.config.free_messages_per_day,
             day: &day,
+            with: Vec::new(),
         },
     )
     .await?;

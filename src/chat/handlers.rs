@@ -8,7 +8,7 @@ use futures_util::stream;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use sea_orm::TransactionTrait;
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -150,6 +150,18 @@ pub async fn start_turn(app: &Arc<App>, turn: Turn<'_>) -> Result<Arc<Answer>, A
     }
     let txn = app.db.begin().await?;
     let day = app.config.today();
+    let turn_rows = store::turn_statements(
+        txn.get_database_backend(),
+        NewTurn {
+            user_id,
+            conversation_id: &conversation_id,
+            new_conversation_title: title,
+            seq,
+            question,
+            answer_id: &answer_id,
+            model: &model,
+        },
+    );
     let grant = holds::take(
         &txn,
         holds::Request {
@@ -160,19 +172,7 @@ pub async fn start_turn(app: &Arc<App>, turn: Turn<'_>) -> Result<Arc<Answer>, A
             max_tokens: price.max_output_tokens,
             free_per_day: app.config.free_messages_per_day,
             day: &day,
-        },
-    )
-    .await?;
-    store::insert_turn(
-        &txn,
-        NewTurn {
-            user_id,
-            conversation_id: &conversation_id,
-            new_conversation_title: title,
-            seq,
-            question,
-            answer_id: &answer_id,
-            model: &model,
+            with: turn_rows,
         },
     )
     .await?;

@@ -4,8 +4,8 @@
 use entity::{conversation, message};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait,
 };
 
 use super::history::Turn;
@@ -79,29 +79,32 @@ pub struct NewTurn<'a> {
 }
 
 /// Writes the question and the (empty, streaming) answer row, inside the caller's
-/// transaction (the one that takes the answer's hold).
+/// transaction.
 pub async fn insert_turn<C: ConnectionTrait>(txn: &C, turn: NewTurn<'_>) -> Result<(), AppError> {
+    let statements = turn_statements(txn.get_database_backend(), turn);
+    crate::db::script(txn, statements, None).await?;
+    Ok(())
+}
+
+/// The statements that write a turn: the conversation (new, or touched) and the
+/// question and (empty, streaming) answer rows. The hold's transaction runs them
+/// together with its own insert.
+pub fn turn_statements(backend: DbBackend, turn: NewTurn<'_>) -> Vec<Statement> {
     let now = crate::clock::unix_millis();
-    match turn.new_conversation_title {
-        Some(title) => {
-            conversation::Entity::insert(conversation::ActiveModel {
-                id: Set(turn.conversation_id.to_string()),
-                user_id: Set(turn.user_id),
-                title: Set(title),
-                created_at: Set(now),
-                updated_at: Set(now),
-            })
-            .exec_without_returning(txn)
-            .await?;
-        }
-        None => {
-            conversation::Entity::update_many()
-                .col_expr(conversation::Column::UpdatedAt, Expr::value(now))
-                .filter(conversation::Column::Id.eq(turn.conversation_id))
-                .exec(txn)
-                .await?;
-        }
-    }
+    let conversation = match turn.new_conversation_title {
+        Some(title) => conversation::Entity::insert(conversation::ActiveModel {
+            id: Set(turn.conversation_id.to_string()),
+            user_id: Set(turn.user_id),
+            title: Set(title),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .build(backend),
+        None => conversation::Entity::update_many()
+            .col_expr(conversation::Column::UpdatedAt, Expr::value(now))
+            .filter(conversation::Column::Id.eq(turn.conversation_id))
+            .build(backend),
+    };
     let row =
         |id: String, seq: i64, role: &str, content: &str, status: &str| message::ActiveModel {
             id: Set(id),
@@ -120,7 +123,7 @@ pub async fn insert_turn<C: ConnectionTrait>(txn: &C, turn: NewTurn<'_>) -> Resu
             created_at: Set(now),
             finished_at: Set(None),
         };
-    message::Entity::insert_many([
+    let messages = message::Entity::insert_many([
         row(new_id(), turn.seq, "user", turn.question, DONE),
         row(
             turn.answer_id.to_string(),
@@ -130,9 +133,8 @@ pub async fn insert_turn<C: ConnectionTrait>(txn: &C, turn: NewTurn<'_>) -> Resu
             STREAMING,
         ),
     ])
-    .exec_without_returning(txn)
-    .await?;
-    Ok(())
+    .build(backend);
+    vec![conversation, messages]
 }
 
 /// Stores the answer so far. Returns `false` when the row was not changed: a stop was
@@ -203,11 +205,8 @@ pub struct Finished<'a> {
     pub error_code: Option<i32>,
 }
 
-pub async fn finish_answer<C: ConnectionTrait>(
-    db: &C,
-    id: &str,
-    f: &Finished<'_>,
-) -> Result<(), AppError> {
+/// The statement that stores an answer's final state (run in its settlement).
+pub fn finish_statement(backend: DbBackend, id: &str, f: &Finished<'_>) -> Statement {
     message::Entity::update_many()
         .col_expr(message::Column::Status, Expr::value(f.status))
         .col_expr(message::Column::Content, Expr::value(f.content))
@@ -226,9 +225,7 @@ pub async fn finish_answer<C: ConnectionTrait>(
             Expr::value(crate::clock::unix_millis()),
         )
         .filter(message::Column::Id.eq(id))
-        .exec(db)
-        .await?;
-    Ok(())
+        .build(backend)
 }
 
 /// Asks the replica that owns a streaming answer to stop it. `false` when the answer

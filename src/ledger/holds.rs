@@ -8,7 +8,7 @@ use entity::{daily_usage, hold, ledger_entry, usage_record, user};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    TransactionTrait,
+    QuerySelect, QueryTrait, Statement, TransactionTrait,
 };
 
 use super::pricing::cost;
@@ -55,6 +55,9 @@ pub struct Request<'a> {
     pub max_tokens: u64,
     pub free_per_day: u32,
     pub day: &'a str,
+    /// Statements to run with the hold's insert, once the hold is granted (the turn's
+    /// rows): on SQLite they share its round trip.
+    pub with: Vec<Statement>,
 }
 
 /// Our prompt count can differ from the upstream's tokenizer: hold a margin over it.
@@ -68,10 +71,10 @@ fn prompt_with_margin(prompt_tokens: u64) -> u64 {
 /// that reads first cannot wait for the write lock and fails at once under contention.
 /// The user's row is only read when the worst case cannot be paid (a guest's debit
 /// never passes; a user that does not exist is told to log in again).
-pub async fn take<C: ConnectionTrait>(db: &C, req: Request<'_>) -> Result<Grant, AppError> {
+pub async fn take<C: ConnectionTrait>(db: &C, mut req: Request<'_>) -> Result<Grant, AppError> {
     let user_id = req.user_id;
     if req.free_per_day > 0 && take_free_message(db, user_id, req.day, req.free_per_day).await? {
-        let hold = insert(db, &req, FREE, 0).await?;
+        let hold = insert(db, &mut req, FREE, 0).await?;
         return Ok(Grant {
             hold,
             max_tokens: req.max_tokens,
@@ -80,7 +83,7 @@ pub async fn take<C: ConnectionTrait>(db: &C, req: Request<'_>) -> Result<Grant,
     let prompt = prompt_with_margin(req.prompt_tokens);
     let worst = cost(req.price, &usage(prompt, req.max_tokens));
     if debit(db, user_id, worst).await? {
-        let hold = insert(db, &req, MONEY, worst).await?;
+        let hold = insert(db, &mut req, MONEY, worst).await?;
         return Ok(Grant {
             hold,
             max_tokens: req.max_tokens,
@@ -103,7 +106,7 @@ pub async fn take<C: ConnectionTrait>(db: &C, req: Request<'_>) -> Result<Grant,
     if affordable >= MIN_ANSWER_TOKENS {
         let amount = cost(req.price, &usage(prompt, affordable));
         if debit(db, user_id, amount).await? {
-            let hold = insert(db, &req, MONEY, amount).await?;
+            let hold = insert(db, &mut req, MONEY, amount).await?;
             return Ok(Grant {
                 hold,
                 max_tokens: affordable,
@@ -219,12 +222,12 @@ pub async fn free_left(
 
 async fn insert<C: ConnectionTrait>(
     db: &C,
-    req: &Request<'_>,
+    req: &mut Request<'_>,
     kind: &str,
     amount: i64,
 ) -> Result<Hold, AppError> {
     let id = store::new_id();
-    hold::Entity::insert(hold::ActiveModel {
+    let row = hold::Entity::insert(hold::ActiveModel {
         id: Set(id.clone()),
         user_id: Set(req.user_id),
         message_id: Set(req.message_id.to_string()),
@@ -236,8 +239,10 @@ async fn insert<C: ConnectionTrait>(
         created_at: Set(crate::clock::unix_millis()),
         settled_at: Set(None),
     })
-    .exec_without_returning(db)
-    .await?;
+    .build(db.get_database_backend());
+    let mut statements = vec![row];
+    statements.append(&mut req.with);
+    crate::db::script(db, statements, None).await?;
     Ok(Hold {
         id,
         user_id: req.user_id,
@@ -303,22 +308,25 @@ pub async fn settle(db: &DatabaseConnection, s: &Settlement<'_>) -> Result<Settl
         .exec(&txn)
         .await?;
     let applied = closed.rows_affected == 1;
+    let backend = txn.get_database_backend();
     let mut charged = 0;
-    let mut balance = None;
+    // What the settlement writes after closing the hold, run as one script on SQLite.
+    let mut writes = Vec::new();
     if applied {
         let user_id = s.hold.user_id;
         if s.hold.free {
             if s.failed {
-                daily_usage::Entity::update_many()
-                    .col_expr(
-                        daily_usage::Column::FreeUsed,
-                        Expr::col(daily_usage::Column::FreeUsed).sub(1),
-                    )
-                    .filter(daily_usage::Column::UserId.eq(user_id))
-                    .filter(daily_usage::Column::Day.eq(s.hold.day.as_str()))
-                    .filter(daily_usage::Column::FreeUsed.gt(0))
-                    .exec(&txn)
-                    .await?;
+                writes.push(
+                    daily_usage::Entity::update_many()
+                        .col_expr(
+                            daily_usage::Column::FreeUsed,
+                            Expr::col(daily_usage::Column::FreeUsed).sub(1),
+                        )
+                        .filter(daily_usage::Column::UserId.eq(user_id))
+                        .filter(daily_usage::Column::Day.eq(s.hold.day.as_str()))
+                        .filter(daily_usage::Column::FreeUsed.gt(0))
+                        .build(backend),
+                );
             }
         } else {
             // Never more than was held: the hold is the most the user agreed to pay.
@@ -331,72 +339,67 @@ pub async fn settle(db: &DatabaseConnection, s: &Settlement<'_>) -> Result<Settl
                 tracing::warn!(hold = %s.hold.id, cost = s.cost_micros, held = s.hold.amount_micros, "cost above the hold; charging the hold");
             }
             let refund = s.hold.amount_micros - charged;
-            // Where the database can say the new balance with the update, it does (the
-            // reply's balance then costs no statement of its own).
-            if refund > 0 || txn.support_returning() {
-                let update = user::Entity::update_many()
-                    .col_expr(
-                        user::Column::BalanceMicros,
-                        Expr::col(user::Column::BalanceMicros).add(refund),
-                    )
-                    .filter(user::Column::Id.eq(user_id));
-                if txn.support_returning() {
-                    balance = update
-                        .exec_with_returning(&txn)
-                        .await?
-                        .first()
-                        .map(|u| u.balance_micros);
-                } else {
-                    update.exec(&txn).await?;
-                }
+            if refund > 0 {
+                writes.push(
+                    user::Entity::update_many()
+                        .col_expr(
+                            user::Column::BalanceMicros,
+                            Expr::col(user::Column::BalanceMicros).add(refund),
+                        )
+                        .filter(user::Column::Id.eq(user_id))
+                        .build(backend),
+                );
             }
             if charged > 0 {
-                ledger_entry::Entity::insert(ledger_entry::ActiveModel {
-                    user_id: Set(user_id),
-                    amount_micros: Set(-charged),
-                    kind: Set("charge".into()),
-                    reference: Set(super::reference("hold", &s.hold.id)),
-                    note: Set(format!("{} answer {}", s.model, s.message_id)),
-                    created_at: Set(now),
-                    ..Default::default()
-                })
-                .exec_without_returning(&txn)
-                .await?;
+                writes.push(
+                    ledger_entry::Entity::insert(ledger_entry::ActiveModel {
+                        user_id: Set(user_id),
+                        amount_micros: Set(-charged),
+                        kind: Set("charge".into()),
+                        reference: Set(super::reference("hold", &s.hold.id)),
+                        note: Set(format!("{} answer {}", s.model, s.message_id)),
+                        created_at: Set(now),
+                        ..Default::default()
+                    })
+                    .build(backend),
+                );
             }
         }
-        usage_record::Entity::insert(usage_record::ActiveModel {
-            user_id: Set(user_id),
-            message_id: Set(s.message_id.to_string()),
-            model: Set(s.model.to_string()),
-            channel: Set(s.channel.to_string()),
-            prompt_tokens: Set(s.usage.prompt_tokens as i64),
-            completion_tokens: Set(s.usage.completion_tokens as i64),
-            cost_micros: Set(s.cost_micros),
-            charged_micros: Set(charged),
-            free: Set(s.hold.free),
-            first_token_ms: Set(s.first_token_ms),
-            total_ms: Set(s.total_ms),
-            status: Set(s.answer.status.to_string()),
-            created_at: Set(now),
-            ..Default::default()
-        })
-        .exec_without_returning(&txn)
-        .await?;
-    }
-    // A hold the sweep already settled also stored the answer: leave its row alone.
-    if applied {
+        writes.push(
+            usage_record::Entity::insert(usage_record::ActiveModel {
+                user_id: Set(user_id),
+                message_id: Set(s.message_id.to_string()),
+                model: Set(s.model.to_string()),
+                channel: Set(s.channel.to_string()),
+                prompt_tokens: Set(s.usage.prompt_tokens as i64),
+                completion_tokens: Set(s.usage.completion_tokens as i64),
+                cost_micros: Set(s.cost_micros),
+                charged_micros: Set(charged),
+                free: Set(s.hold.free),
+                first_token_ms: Set(s.first_token_ms),
+                total_ms: Set(s.total_ms),
+                status: Set(s.answer.status.to_string()),
+                created_at: Set(now),
+                ..Default::default()
+            })
+            .build(backend),
+        );
+        // A hold the sweep already settled also stored the answer: left alone then.
         let answer = Finished {
             cost_micros: charged,
             ..s.answer
         };
-        store::finish_answer(&txn, s.message_id, &answer).await?;
+        writes.push(store::finish_statement(backend, s.message_id, &answer));
     }
-    let balance_micros = match balance {
-        Some(balance) => balance,
-        None => user::Entity::find_by_id(s.hold.user_id)
-            .one(&txn)
-            .await?
-            .map_or(0, |u| u.balance_micros),
+    let balance = user::Entity::find()
+        .select_only()
+        .column_as(user::Column::BalanceMicros, "balance")
+        .filter(user::Column::Id.eq(s.hold.user_id))
+        .build(backend);
+    let rows = crate::db::script(&txn, writes, Some(balance)).await?;
+    let balance_micros = match rows.first() {
+        Some(row) => row.try_get::<i64>("", "balance")?,
+        None => 0,
     };
     txn.commit().await?;
     Ok(Settled {
