@@ -222,6 +222,12 @@ pub struct Channel {
     /// `socks5://host:port` (names resolved here) or `socks5h://…` (by the proxy).
     #[serde(default)]
     pub proxy: Option<String>,
+    /// Speak HTTP/2 to an `http://` upstream without asking first (h2c, prior
+    /// knowledge): all open answers share a few connections instead of one each
+    /// (memory and descriptors per open stream). Only for upstreams that speak it;
+    /// `https://` upstreams agree on HTTP/2 by themselves when they can.
+    #[serde(default)]
+    pub http2: bool,
 }
 
 impl Channel {
@@ -236,6 +242,7 @@ impl Channel {
             weight: 1,
             include_usage: true,
             proxy: None,
+            http2: false,
         }
     }
 }

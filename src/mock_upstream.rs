@@ -25,9 +25,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Frame, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
@@ -200,6 +200,8 @@ fn last_user_message(messages: &Value) -> String {
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
     pub method: String,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
     pub path: String,
     pub authorization: Option<String>,
     /// The parsed JSON body (`Null` when absent or not JSON).
@@ -221,6 +223,8 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     count: watch::Sender<usize>,
     stop: watch::Sender<bool>,
+    /// Connections accepted so far.
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -251,6 +255,7 @@ impl MockUpstream {
             requests: Mutex::default(),
             count: watch::Sender::new(0),
             stop: watch::Sender::new(false),
+            connections: Default::default(),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(MockUpstream {
@@ -280,6 +285,13 @@ impl MockUpstream {
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.requests).clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connection_count(&self) -> usize {
+        self.shared
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn request_count(&self) -> usize {
@@ -327,6 +339,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 }
             },
         };
+        shared
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(serve_connection(stream, shared.clone()));
     }
 }
@@ -335,7 +350,11 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let stop = stopped(shared.stop.subscribe());
     let service = service_fn(move |req| handle(shared.clone(), req));
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    // HTTP/1.1, or HTTP/2 without TLS (h2c, by prior knowledge) like providers that
+    // speak HTTP/2: told apart by the connection's first bytes.
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(None);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         res = conn => if let Err(e) = res {
             tracing::debug!("mock upstream: connection ended: {e}");
@@ -358,6 +377,7 @@ async fn handle(
         .unwrap_or_default();
     let request = RecordedRequest {
         method: parts.method.to_string(),
+        version: format!("{:?}", parts.version),
         path: parts.uri.path().to_owned(),
         authorization: parts
             .headers

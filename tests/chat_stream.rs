@@ -947,3 +947,44 @@ async fn flush_many(gw: &Gateway) {
         vec![streaming[2].clone()]
     );
 }
+
+/// Open answers over an `http2` channel share one upstream connection (h2c), and each
+/// arrives whole: 12 at once, where HTTP/1.1 needs a connection per open answer.
+#[tokio::test]
+async fn answers_over_an_http2_channel_share_one_upstream_connection() {
+    let mock = MockUpstream::start(MockConfig {
+        chunk_delay: Duration::from_millis(20),
+        chunks: 10,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let gw = Gateway::start(|c| {
+        use_mock(c, &mock);
+        c.channels[0].http2 = true;
+        c.limits.user_concurrent_streams = 0;
+        c.limits.user_chats_per_minute = 0;
+        c.limits.ip_per_second = 0;
+    })
+    .await;
+    let token = gw.register("h2").await;
+    let asks = (0..12).map(|i| {
+        let (gw, token) = (&gw, &token);
+        async move {
+            let question = format!("h2 question {i}");
+            let resp = gw.chat(token, &json!({ "message": question }), true).await;
+            let stream = parse_mp(&resp.chunks);
+            assert_eq!(stream.content, mock_upstream::answer_for(&question), "{i}");
+            assert!(stream.done.is_some(), "{i}");
+        }
+    });
+    futures_util::future::join_all(asks).await;
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 12);
+    assert!(
+        requests.iter().all(|r| r.version == "HTTP/2.0"),
+        "{requests:?}"
+    );
+    assert_eq!(mock.connection_count(), 1);
+    gw.assert_ledger_ok().await;
+}

@@ -33,7 +33,7 @@ pub struct Upstream {
 
 struct ChannelState {
     config: Channel,
-    /// This channel's own client when it goes through a proxy.
+    /// This channel's own client when it goes through a proxy or speaks h2c.
     client: Option<reqwest::Client>,
     /// Round-robin position in the key pool.
     next_key: AtomicUsize,
@@ -72,13 +72,20 @@ impl Upstream {
         let client = builder().build().map_err(|e| e.to_string())?;
         let mut channels = Vec::with_capacity(config.channels.len());
         for c in &config.channels {
-            let client = match &c.proxy {
-                Some(url) => {
+            // A channel with a proxy or speaking h2c has a client of its own.
+            let client = if c.proxy.is_none() && !c.http2 {
+                None
+            } else {
+                let mut own = builder();
+                if let Some(url) = &c.proxy {
                     let bad = |e: reqwest::Error| format!("channel {}: proxy {url}: {e}", c.name);
-                    let proxy = reqwest::Proxy::all(url).map_err(bad)?;
-                    Some(builder().proxy(proxy).build().map_err(bad)?)
+                    own = own.proxy(reqwest::Proxy::all(url).map_err(bad)?);
                 }
-                None => None,
+                if c.http2 {
+                    own = own.http2_prior_knowledge();
+                }
+                let bad = |e: reqwest::Error| format!("channel {}: {e}", c.name);
+                Some(own.build().map_err(bad)?)
             };
             channels.push(ChannelState {
                 config: c.clone(),
