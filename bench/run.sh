@@ -11,7 +11,9 @@
 # proxy in front of each (proxy_buffering off, HTTP/1.1 keep-alive upstream), and chatgate
 # (a fresh instance and SQLite file per measured row, so idle RSS is a fresh process's),
 # then runs the same load (examples/loadgen) against: the mock directly, nginx→mock,
-# chatgate mini-program framing, chatgate SSE — and chatgate on PostgreSQL for two rows.
+# chatgate mini-program framing and SSE (HTTP/2 to the mock, which speaks h2c), chatgate
+# mini-program framing with HTTP/1.1 to the mock (one connection per open answer, as
+# nginx) — and chatgate on PostgreSQL for two rows.
 # CPU is utime+stime from /proc over the measured window / content pieces delivered in it;
 # RSS per stream = (median RSS during the window − RSS before the load) / C.
 # Prints one markdown table. Raw JSON lines are kept in $WORK/results.jsonl.
@@ -39,8 +41,8 @@ else
     WINDOW=8 WARMUP=2
 fi
 
-# 10,000 streams through chatgate need ~20,000 descriptors in it, and as many in the
-# loadgen and the mock.
+# 10,000 streams through chatgate need ~10,000 descriptors in it, and as many in the
+# loadgen.
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
@@ -147,8 +149,8 @@ EOF
 # chatgate, fresh: every limit that would refuse the benchmark's load is switched off
 # here, explicitly: one client IP sends everything, 50 users carry up to 10,000 streams.
 GATE_N=0
-start_gate() { # database_url [address of the "slow" model's upstream]
-    local slow=${2:-$MOCK20}
+start_gate() { # database_url [address of the "slow" model's upstream] [http2: true|false]
+    local slow=${2:-$MOCK20} http2=${3:-true}
     GATE_N=$((GATE_N + 1))
     local conf=$WORK/chatgate-$GATE_N.toml
     cat >"$conf" <<EOF
@@ -164,14 +166,18 @@ user_chats_per_minute = 0          # off
 user_concurrent_streams = 0        # off: 50 users carry up to 10,000 streams
 upstream_concurrent_streams = 0    # off (default 512 would refuse C >= 512)
 max_connections = 30000
+# The mock speaks HTTP/2 without TLS, as providers do over TLS: answers share one
+# upstream connection (http2 = false: one connection per open answer, as nginx does).
 [[channels]]
 name = "fast"
 base_url = "http://$MOCK0/v1"
 models = ["fast"]
+http2 = $http2
 [[channels]]
 name = "slow"
 base_url = "http://$slow/v1"
 models = ["slow"]
+http2 = $http2
 [models.fast]
 input_micros_per_million = 150000
 output_micros_per_million = 600000
@@ -218,9 +224,11 @@ run_rows() {
                 --watch "mock=$mockpid"
             loadgen "d$delay-c$c-nginx" openai "http://$nginx/v1" mock-model "$c" \
                 --watch "nginx=$NGINX_WORKERS" --watch "mock=$mockpid"
-            for framing in mp sse; do
-                start_gate "sqlite://$WORK/gate-$GATE_N.db?mode=rwc"
-                loadgen "d$delay-c$c-$framing" "$framing" "http://$GATE" "$model" "$c" \
+            for framing in mp sse mp-h1; do
+                local http2=true
+                [ "$framing" = mp-h1 ] && http2=false
+                start_gate "sqlite://$WORK/gate-$GATE_N.db?mode=rwc" "$MOCK20" "$http2"
+                loadgen "d$delay-c$c-$framing" "${framing%-h1}" "http://$GATE" "$model" "$c" \
                     --watch "chatgate=$GATE_PID" --watch "mock=$mockpid"
                 stop_gate
             done
@@ -255,11 +263,12 @@ run_open_streams() {
     # window (30 s) opens once every stream has started (5 s ramp + 1 s) and closes
     # before the first one ends.
     local streams=${OPEN_STREAMS:-10000}
-    # chatgate holds two descriptors per stream (client and upstream connection).
-    local fit=$((($(ulimit -n) - 200) / 2))
+    # chatgate holds one descriptor per stream (the client's; the upstream connection is
+    # shared over HTTP/2), the loadgen one per stream.
+    local fit=$(($(ulimit -n) - 200))
     if [ "$streams" -gt "$fit" ]; then
         echo "!! open-file limit $(ulimit -n) (hard $(ulimit -Hn)) cannot be raised here:" \
-            "chatgate needs 2 per stream, so $fit streams are run instead of $streams" >&2
+            "$fit streams are run instead of $streams" >&2
         streams=$fit
     fi
     CHUNKS=80 start_mock 127.0.0.1:19102 500 500 open

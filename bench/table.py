@@ -52,6 +52,7 @@ def main():
             "nginx": "nginx → mock",
             "mp": "chatgate mp",
             "sse": "chatgate SSE",
+            "mp-h1": "chatgate mp, HTTP/1.1 upstream",
             "mp-pg": "chatgate mp (PostgreSQL)",
         }.get(kind, kind)
         # Below a few hundred streams, fixed memory (pools, caches) swamps the per-stream part.
