@@ -254,13 +254,8 @@ fn gateway_report() -> Result<(), Error> {
             ..Limits::default()
         },
         channels: vec![Channel {
-            name: "mock".into(),
-            base_url: mock.base_url(),
-            api_keys: vec![],
             models: vec!["m".into()],
-            priority: 0,
-            weight: 1,
-            include_usage: true,
+            ..Channel::new("mock", mock.base_url())
         }],
         models: [(
             "m".to_string(),
