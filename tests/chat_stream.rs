@@ -704,6 +704,16 @@ async fn accounts_register_login_and_me() {
         )
         .await;
     assert_eq!((status, body["code"].as_i64()), (401, Some(-1)));
+    // A name nobody has is refused the same way (after verifying the dummy hash).
+    let (status, unknown) = gw
+        .json(
+            "POST",
+            "/api/auth/login",
+            None,
+            &json!({"username": "nobody-here", "password": "secret123"}),
+        )
+        .await;
+    assert_eq!((status, &unknown), (401, &body));
     let (status, body) = gw
         .json(
             "POST",

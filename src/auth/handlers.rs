@@ -56,10 +56,10 @@ pub async fn login(app: &App, req: Request<Incoming>) -> Result<Response<Body>, 
     let creds: Credentials =
         response::read_json(req.into_body(), app.config.limits.max_body_bytes).await?;
     let user = users::by_username(&app.db, &creds.username).await?;
-    let phc = user
-        .as_ref()
-        .and_then(|u| u.password_hash.clone())
-        .unwrap_or_else(|| password::dummy_hash().to_string());
+    let phc = match user.as_ref().and_then(|u| u.password_hash.clone()) {
+        Some(phc) => phc,
+        None => password::dummy_hash().await.to_string(),
+    };
     let ok = password::verify_blocking(creds.password, phc).await;
     let user = match user {
         Some(user) if ok => user,

@@ -85,9 +85,16 @@ pub fn verify(password: &str, phc: &str) -> bool {
 
 /// A hash of a password nobody knows, verified when a login names no existing user so
 /// a wrong username costs the same time as a wrong password.
-pub fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| hash(&uuid::Uuid::new_v4().to_string()).unwrap_or_default())
+/// Made once, on the hashing threads like every hash.
+pub async fn dummy_hash() -> &'static str {
+    static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    DUMMY
+        .get_or_init(|| async {
+            hash_blocking(uuid::Uuid::new_v4().to_string())
+                .await
+                .unwrap_or_default()
+        })
+        .await
 }
 
 /// Hashing is deliberately slow (tens of milliseconds) and takes ~19 MiB of memory
