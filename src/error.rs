@@ -55,6 +55,11 @@ pub enum AppError {
     /// Every upstream channel failed or timed out (code 11000).
     #[error("{msg}")]
     Upstream { timeout: bool, msg: String },
+    /// The upstream refused the request itself (a 4xx other than a bad key, a timeout or
+    /// a rate limit): the same request fails on every channel. Code 11000 like any
+    /// upstream failure; `/v1` answers it as the client's bad request (400).
+    #[error("{0}")]
+    UpstreamRejected(String),
     /// Anything else (code 500). The detail is logged, never shown.
     #[error("服务器内部错误")]
     Internal(String),
@@ -76,7 +81,7 @@ impl AppError {
             AppError::Refused { .. } => 102,
             AppError::NotFound(_) => 404,
             AppError::BadRequest(_) | AppError::Conflict(_) => 10001,
-            AppError::Upstream { .. } => 11000,
+            AppError::Upstream { .. } | AppError::UpstreamRejected(_) => 11000,
             AppError::Internal(_) => 500,
         }
     }
@@ -94,7 +99,9 @@ impl AppError {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Upstream { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
-            AppError::Upstream { timeout: false, .. } => StatusCode::BAD_GATEWAY,
+            AppError::Upstream { timeout: false, .. } | AppError::UpstreamRejected(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -207,6 +214,7 @@ mod tests {
                 11000,
                 504,
             ),
+            (AppError::UpstreamRejected("x".into()), 11000, 502),
             (AppError::internal("secret detail"), 500, 500),
         ];
         for (err, code, status) in cases {

@@ -86,6 +86,12 @@ pub fn error(err: &AppError) -> Response<Body> {
             "api_error",
             "upstream_error",
         ),
+        // The upstream refused what the client sent (its parameters travel as given).
+        AppError::UpstreamRejected(_) => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "upstream_rejected",
+        ),
         AppError::Internal(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "api_error",

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use chatgate::config::{Channel, ModelConfig};
-use chatgate::mock_upstream::{self, MockConfig, MockUpstream};
+use chatgate::mock_upstream::{self, Fault, MockConfig, MockUpstream};
 use common::{Gateway, RawClient};
 use serde_json::{Value, json};
 
@@ -325,5 +325,43 @@ async fn a_client_that_gives_up_on_a_non_streamed_answer_leaves_no_hold_open() {
         settled["balance_micros"].as_i64().unwrap() < 10_000_000,
         "the answer the upstream produced is billed"
     );
+    gw.assert_ledger_ok().await;
+}
+
+/// An upstream that refuses the request itself (400: say a parameter it does not take) is
+/// the client's bad request on `/v1` — OpenAI's 400 shape, so SDKs raise their usual
+/// `BadRequestError` and do not retry — and an upstream failure (11000, 502) on
+/// `/api/chat`. Nothing is billed either way.
+#[tokio::test]
+async fn an_upstream_that_refuses_the_request_is_a_bad_request_on_v1() {
+    let (gw, mock) = setup(MockConfig {
+        fault: Fault::Status(400),
+        ..MockConfig::default()
+    })
+    .await;
+    let (token, user_id) = gw.register_with("api-refused", 10_000_000).await;
+    let (key, _) = new_key(&gw, &token).await;
+    for stream in [false, true] {
+        let request = json!({
+            "model": MODEL, "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}],
+        });
+        let (status, err) = gw
+            .json("POST", "/v1/chat/completions", Some(&key), &request)
+            .await;
+        assert_eq!(status, 400, "stream {stream}: {err}");
+        assert_eq!(err["error"]["type"], "invalid_request_error", "{err}");
+        assert_eq!(err["error"]["code"], "upstream_rejected", "{err}");
+    }
+    let (status, err) = gw
+        .json("POST", "/api/chat", Some(&token), &json!({"message": "hi"}))
+        .await;
+    assert_eq!((status, err["code"].as_i64()), (502, Some(11000)), "{err}");
+    // One upstream call each: a refusal is final, not retried on another key or channel.
+    assert_eq!(mock.request_count(), 3);
+    let (_, user) = gw
+        .admin("GET", &format!("/admin/users/{user_id}"), &Value::Null)
+        .await;
+    assert_eq!(user["balance_micros"], 10_000_000);
     gw.assert_ledger_ok().await;
 }

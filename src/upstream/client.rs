@@ -259,7 +259,7 @@ impl Upstream {
             408 | 409 | 429 | 500..=599 => {
                 Failure::Retry(upstream_error(false, "上游服务暂时不可用，请稍后再试"))
             }
-            _ => Failure::Final(upstream_error(false, "上游服务拒绝了该请求")),
+            _ => Failure::Final(AppError::UpstreamRejected("上游服务拒绝了该请求".into())),
         })
     }
 

@@ -120,9 +120,10 @@ pub fn refusal(error: &AppError) -> String {
         AppError::Refused { msg, .. } => msg.clone(),
         AppError::BadRequest(msg) => msg.clone(),
         AppError::NotFound(msg) => (*msg).to_string(),
-        AppError::Upstream { .. } | AppError::Internal(_) | AppError::Unauthorized(_) => {
-            "服务暂时繁忙，请稍后再试。".into()
-        }
+        AppError::Upstream { .. }
+        | AppError::UpstreamRejected(_)
+        | AppError::Internal(_)
+        | AppError::Unauthorized(_) => "服务暂时繁忙，请稍后再试。".into(),
         AppError::Conflict(msg) => (*msg).to_string(),
     }
 }
