@@ -19,23 +19,24 @@ enum Checked {
     Unavailable(String),
 }
 
+/// The mini-program's app id and secret when questions are checked at all.
+fn credentials(app: &App) -> Option<(&str, &str)> {
+    let w = &app.config.wechat;
+    if !app.config.safety.msg_sec_check {
+        return None;
+    }
+    Some((w.mp_app_id.as_deref()?, w.mp_app_secret.as_deref()?))
+}
+
 /// Whether questions are checked at all (switched on, with the mini-program's credentials).
 pub fn enabled(app: &App) -> bool {
-    let w = &app.config.wechat;
-    app.config.safety.msg_sec_check && w.mp_app_id.is_some() && w.mp_app_secret.is_some()
+    credentials(app).is_some()
 }
 
 /// Checks `text` of the user with mini-program `openid` when the check is configured;
 /// `Ok` to serve it.
 pub async fn check(app: &App, openid: Option<&str>, text: &str) -> Result<(), AppError> {
-    let safety = &app.config.safety;
-    let w = &app.config.wechat;
-    let (true, Some(openid), Some(app_id), Some(secret)) = (
-        safety.msg_sec_check,
-        openid,
-        w.mp_app_id.as_deref(),
-        w.mp_app_secret.as_deref(),
-    ) else {
+    let (Some(openid), Some((app_id, secret))) = (openid, credentials(app)) else {
         return Ok(());
     };
     match ask(app, app_id, secret, openid, text).await {
@@ -46,7 +47,7 @@ pub async fn check(app: &App, openid: Option<&str>, text: &str) -> Result<(), Ap
                 .increment(1);
             Err(crate::safety::blocked())
         }
-        Checked::Unavailable(why) if safety.fail_open => {
+        Checked::Unavailable(why) if app.config.safety.fail_open => {
             tracing::warn!(%why, "msg_sec_check unavailable: serving the question (fail_open)");
             Ok(())
         }

@@ -873,10 +873,10 @@ async fn a_late_flush_never_overwrites_a_finished_answer() {
     let stored = gw.wait_answer(&token, &id).await;
     assert_eq!(stored["status"], "done");
     // A flush whose task was cut while its statement was on its way lands now.
-    let applied = chatgate::chat::store::flush_content(&gw.app.db, &id, "stale")
+    let applied = chatgate::chat::store::flush_contents(&gw.app.db, &[(&id, "stale")])
         .await
         .unwrap();
-    assert!(!applied);
+    assert_eq!(applied, 0);
     let (_, again) = gw
         .json(
             "GET",
@@ -909,8 +909,8 @@ async fn flush_many(gw: &Gateway) {
     // Three answers streaming (rows as a new turn writes them); one is asked to stop.
     let streaming: Vec<String> = (0..3).map(|_| store::new_id()).collect();
     for (i, id) in streaming.iter().enumerate() {
-        store::insert_turn(
-            &gw.app.db,
+        let turn = store::turn_statements(
+            gw.app.db.get_database_backend(),
             NewTurn {
                 user_id,
                 conversation_id: &format!("batch-flush-{i}"),
@@ -920,9 +920,8 @@ async fn flush_many(gw: &Gateway) {
                 answer_id: id,
                 model: "m",
             },
-        )
-        .await
-        .unwrap();
+        );
+        chatgate::db::script(&gw.app.db, turn, None).await.unwrap();
     }
     assert!(
         store::request_stop(&gw.app.db, &streaming[2], user_id)

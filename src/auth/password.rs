@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 
-use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::password_hash::{self, Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 use crate::error::AppError;
@@ -14,14 +14,25 @@ thread_local! {
     static MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Argon2 of `password` with `salt` into `out`, in this thread's reused memory.
-fn compute(argon: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8]) -> argon2::Result<()> {
-    MEMORY.with_borrow_mut(|blocks| {
-        let n = argon.params().block_count();
-        if blocks.len() < n {
-            blocks.resize(n, Block::default());
-        }
-        argon.hash_password_into_with_memory(password, salt, out, &mut blocks[..n])
+/// Argon2 of `password` with `salt`, `len` bytes, in this thread's reused memory.
+fn digest(
+    argon: &Argon2<'_>,
+    password: &[u8],
+    salt: Salt<'_>,
+    len: usize,
+) -> Result<Output, password_hash::Error> {
+    let mut salt_bytes = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_bytes)?;
+    Output::init_with(len, |out| {
+        MEMORY.with_borrow_mut(|blocks| {
+            let n = argon.params().block_count();
+            if blocks.len() < n {
+                blocks.resize(n, Block::default());
+            }
+            argon
+                .hash_password_into_with_memory(password, salt, out, &mut blocks[..n])
+                .map_err(|_| password_hash::Error::Crypto)
+        })
     })
 }
 
@@ -30,15 +41,12 @@ pub fn hash(password: &str) -> Result<String, AppError> {
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
     let params = Params::default();
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
-    let mut salt_bytes = [0u8; 64];
-    let salt_bytes = salt
-        .as_salt()
-        .decode_b64(&mut salt_bytes)
-        .map_err(AppError::internal)?;
-    let output = Output::init_with(Params::DEFAULT_OUTPUT_LEN, |out| {
-        compute(&argon, password.as_bytes(), salt_bytes, out)
-            .map_err(|_| argon2::password_hash::Error::Crypto)
-    })
+    let output = digest(
+        &argon,
+        password.as_bytes(),
+        salt.as_salt(),
+        Params::DEFAULT_OUTPUT_LEN,
+    )
     .map_err(AppError::internal)?;
     let phc = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
@@ -70,17 +78,10 @@ pub fn verify(password: &str, phc: &str) -> bool {
         Some(Ok(v)) => v,
         Some(Err(_)) => return false,
     };
-    let mut salt_bytes = [0u8; 64];
-    let Ok(salt_bytes) = salt.decode_b64(&mut salt_bytes) else {
-        return false;
-    };
     let argon = Argon2::new(algorithm, version, params);
     // `Output`'s equality is constant-time.
-    Output::init_with(expected.len(), |out| {
-        compute(&argon, password.as_bytes(), salt_bytes, out)
-            .map_err(|_| argon2::password_hash::Error::Crypto)
-    })
-    .is_ok_and(|computed| computed == expected)
+    digest(&argon, password.as_bytes(), salt, expected.len())
+        .is_ok_and(|computed| computed == expected)
 }
 
 /// A hash of a password nobody knows, verified when a login names no existing user so

@@ -4,8 +4,8 @@
 use entity::{conversation, message};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait,
 };
 
 use super::history::Turn;
@@ -78,14 +78,6 @@ pub struct NewTurn<'a> {
     pub model: &'a str,
 }
 
-/// Writes the question and the (empty, streaming) answer row, inside the caller's
-/// transaction.
-pub async fn insert_turn<C: ConnectionTrait>(txn: &C, turn: NewTurn<'_>) -> Result<(), AppError> {
-    let statements = turn_statements(txn.get_database_backend(), turn);
-    crate::db::script(txn, statements, None).await?;
-    Ok(())
-}
-
 /// The statements that write a turn: the conversation (new, or touched) and the
 /// question and (empty, streaming) answer rows. The hold's transaction runs them
 /// together with its own insert.
@@ -135,16 +127,6 @@ pub fn turn_statements(backend: DbBackend, turn: NewTurn<'_>) -> Vec<Statement> 
     ])
     .build(backend);
     vec![conversation, messages]
-}
-
-/// Stores the answer so far. Returns `false` when the row was not changed: a stop was
-/// requested meanwhile (on any replica), or the answer was stored finished.
-pub async fn flush_content(
-    db: &DatabaseConnection,
-    id: &str,
-    content: &str,
-) -> Result<bool, AppError> {
-    Ok(flush_contents(db, &[(id, content)]).await? > 0)
 }
 
 /// Stores the text so far of several streaming answers in one statement (`(id, text)`
