@@ -162,15 +162,12 @@ async fn register(nginx: SocketAddr, name: &str) -> String {
     body["token"].as_str().unwrap().to_string()
 }
 
-#[tokio::test]
-async fn frames_arrive_through_nginx_before_the_answer_is_complete() {
-    if !nginx_present() {
-        return;
-    }
-    // 20 pieces, 100 ms apart: about 2 s from the first piece to the last.
+/// A mock upstream sending `chunks` pieces `delay_ms` apart, one gateway on it, and
+/// nginx in front of the gateway.
+async fn one_gateway_behind_nginx(chunks: usize, delay_ms: u64) -> (MockUpstream, Gateway, Nginx) {
     let mock = MockUpstream::start(MockConfig {
-        chunks: 20,
-        chunk_delay: Duration::from_millis(100),
+        chunks,
+        chunk_delay: Duration::from_millis(delay_ms),
         ..MockConfig::default()
     })
     .await
@@ -181,6 +178,16 @@ async fn frames_arrive_through_nginx_before_the_answer_is_complete() {
     })
     .await;
     let nginx = start_nginx(&[gw.addr]).await;
+    (mock, gw, nginx)
+}
+
+#[tokio::test]
+async fn frames_arrive_through_nginx_before_the_answer_is_complete() {
+    if !nginx_present() {
+        return;
+    }
+    // 20 pieces, 100 ms apart: about 2 s from the first piece to the last.
+    let (_mock, _gw, nginx) = one_gateway_behind_nginx(20, 100).await;
     let token = register(nginx.addr, "via-nginx").await;
     for (path, mp) in [("/api/chat?client=mp", true), ("/api/chat", false)] {
         let body = json!({"message": "stream me"}).to_string();
@@ -359,19 +366,7 @@ async fn the_legacy_client_works_through_nginx() {
         eprintln!("skipped: node is not installed");
         return;
     }
-    let mock = MockUpstream::start(MockConfig {
-        chunks: 12,
-        chunk_delay: Duration::from_millis(20),
-        ..MockConfig::default()
-    })
-    .await
-    .unwrap();
-    let gw = Gateway::start(|c| {
-        behind_nginx(c);
-        c.channels = vec![common::pool_channel("mock", mock.base_url(), &[], 0)];
-    })
-    .await;
-    let nginx = start_nginx(&[gw.addr]).await;
+    let (_mock, _gw, nginx) = one_gateway_behind_nginx(12, 20).await;
     let token = register(nginx.addr, "legacy-via-nginx").await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/legacy_client.mjs");
     for n in 0..3 {
