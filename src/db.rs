@@ -8,7 +8,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend,
-    DbErr, EntityTrait, QueryResult, Statement,
+    DbErr, EntityTrait, QueryResult, RuntimeErr, Statement,
 };
 
 /// Connections to a SQLite file. Each has its own thread; one writer at a time anyway.
@@ -100,5 +100,76 @@ pub async fn script<C: ConnectionTrait>(
     match query {
         Some(query) => db.query_all_raw(query).await,
         None => Ok(Vec::new()),
+    }
+}
+
+/// The script of [`sqlite_transaction`] stopped at a [`sqlite_require`] whose condition
+/// was false (SQLite's documented `integer overflow` of `abs(-2^63)`).
+const DECLINED: &str = "integer overflow";
+
+/// A statement for [`sqlite_transaction`]: it returns no row, and fails — rolling the whole
+/// script back — unless `condition` (SQL that is 0 or 1, e.g. `changes() = 1`, with `?`
+/// placeholders for `values`) is true. SQLite has no conditional error outside triggers;
+/// `abs()` of the smallest 64-bit integer is its documented one.
+pub fn sqlite_require(condition: &str, values: Vec<sea_orm::Value>) -> Statement {
+    Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        format!("SELECT 1 WHERE abs(-9223372036854775807 - 1 + ({condition})) < 0"),
+        values,
+    )
+}
+
+/// On SQLite only: runs `statements` as ONE script inside `BEGIN IMMEDIATE … COMMIT` — a
+/// whole transaction for one hand-off to the connection's thread (a transaction through
+/// sea-orm costs one for BEGIN, one per statement and one for COMMIT; on SQLite those
+/// hand-offs, not the statements, are most of the cost). Returns the rows of the statements
+/// that return rows, in order, or `None` when a [`sqlite_require`] in the script found its
+/// condition false: then nothing was written, and the caller takes its general path. On
+/// any failure the transaction is rolled back on the same connection before it goes back
+/// to the pool. `None` too when `db` is not SQLite.
+pub async fn sqlite_transaction(
+    db: &DatabaseConnection,
+    statements: Vec<Statement>,
+) -> Result<Option<Vec<QueryResult>>, DbErr> {
+    use sea_orm::sqlx::{self, AssertSqlSafe};
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return Ok(None);
+    }
+    let mut sql = String::from("BEGIN IMMEDIATE");
+    let mut values = Vec::new();
+    for statement in statements {
+        sql.push_str(";\n");
+        sql.push_str(&statement.sql);
+        values.extend(statement.values.into_iter().flat_map(|v| v.0));
+    }
+    sql.push_str(";\nCOMMIT");
+    // This build has only sqlx's drivers: a SQLite `DatabaseConnection` is its pool.
+    let pool = db.get_sqlite_connection_pool();
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e.into())))?;
+    let result = sqlx::query_with(
+        AssertSqlSafe(sql.as_str()),
+        sea_query_sqlx::SqlxValues(sea_orm::Values(values)),
+    )
+    .fetch_all(&mut *conn)
+    .await;
+    match result {
+        Ok(rows) => Ok(Some(rows.into_iter().map(QueryResult::from).collect())),
+        Err(error) => {
+            // The script stopped inside its transaction (or at COMMIT): end it here, on
+            // this connection, before anyone else is handed the connection.
+            if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await
+                && !e.to_string().contains("no transaction is active")
+            {
+                tracing::error!(error = %e, "rolling back a SQLite script failed; closing its connection");
+                conn.close_on_drop();
+            }
+            match &error {
+                sqlx::Error::Database(e) if e.message() == DECLINED => Ok(None),
+                _ => Err(DbErr::Query(RuntimeErr::SqlxError(error.into()))),
+            }
+        }
     }
 }

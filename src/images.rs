@@ -99,7 +99,7 @@ pub async fn generate(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     let started = Instant::now();
     let job_id = store::new_id();
     let day = app.config.today();
-    let grant = holds::take_alone(
+    let grant = holds::take(
         &app.db,
         holds::Request {
             user_id: user.id,

@@ -211,7 +211,7 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         .ok_or(AppError::Unauthorized("API 密钥无效或已撤销"))?;
     let day = app.config.today();
     let message_id = store::new_id();
-    let grant = holds::take_alone(
+    let grant = holds::take(
         &app.db,
         holds::Request {
             user_id: user.id,

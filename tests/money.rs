@@ -535,3 +535,219 @@ async fn stop_bills_what_was_produced_and_failures_bill_nothing() {
         gw.assert_ledger_ok().await;
     }
 }
+
+/// The ledger's own calls, on every database (SQLite takes its one-script path, the
+/// others their transactions): a hold is settled exactly once — a second settlement of
+/// the same hold (as when the sweep got there first) moves nothing; a balance short of
+/// the worst case gets a shorter answer, an empty one a refusal that writes nothing; a
+/// free message comes first, then money.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_settle_exactly_once_and_refusals_write_nothing() {
+    use chatgate::chat::store::Finished;
+    use chatgate::error::AppError;
+    use chatgate::ledger::holds::{self, Request, Settlement};
+    use chatgate::upstream::chunk::Usage;
+    use sea_orm::{ConnectionTrait, Statement};
+
+    let price = ModelConfig {
+        input_micros_per_million: 0,
+        output_micros_per_million: 1_000_000,
+        max_output_tokens: 100,
+        ..ModelConfig::default()
+    };
+    for (db_name, url) in databases().await {
+        eprintln!("database: {db_name}");
+        let gw = Gateway::start_on(url, |_| {}).await;
+        let db = &gw.app.db;
+        let request = |user_id: i64, free_per_day: u32| Request {
+            user_id,
+            message_id: "no-such-message",
+            price: &price,
+            prompt_tokens: 10,
+            max_tokens: 100,
+            free_per_day,
+            day: "2026-11-23",
+            with: Vec::new(),
+        };
+        let holds_of = |user_id: i64| {
+            let sql = format!("SELECT COUNT(*) AS n FROM holds WHERE user_id = {user_id}");
+            async move {
+                let row = db
+                    .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                row.try_get::<i64>("", "n").unwrap()
+            }
+        };
+
+        let (_, rich) = gw.register_with("once", 1_000).await;
+        let grant = holds::take(db, request(rich, 0)).await.unwrap();
+        assert!(!grant.hold.free);
+        assert_eq!((grant.hold.amount_micros, grant.max_tokens), (100, 100));
+        let settlement = Settlement {
+            hold: &grant.hold,
+            message_id: "no-such-message",
+            model: MODEL,
+            channel: "mock",
+            usage: Usage {
+                prompt_tokens: 10,
+                completion_tokens: 30,
+                total_tokens: 40,
+            },
+            cost_micros: 30,
+            failed: false,
+            first_token_ms: None,
+            total_ms: 1,
+            answer: Finished {
+                status: "done",
+                content: "",
+                prompt_tokens: 10,
+                completion_tokens: 30,
+                cost_micros: 30,
+                error_code: None,
+            },
+        };
+        let first = holds::settle(db, &settlement).await.unwrap();
+        assert!(first.applied, "{db_name}");
+        assert_eq!((first.charged_micros, first.balance_micros), (30, 970));
+        let again = holds::settle(db, &settlement).await.unwrap();
+        assert!(!again.applied, "{db_name}: a settled hold is settled once");
+        assert_eq!((again.charged_micros, again.balance_micros), (0, 970));
+
+        // 50 micros pay for 50 output tokens, not the worst case of 100; the turn's rows
+        // are stored with that hold.
+        let (_, short) = gw.register_with("short", 50).await;
+        let turn = chatgate::chat::store::turn_statements(
+            db.get_database_backend(),
+            chatgate::chat::store::NewTurn {
+                user_id: short,
+                conversation_id: "short-conversation",
+                new_conversation_title: Some("t".into()),
+                seq: 0,
+                question: "q",
+                answer_id: "short-answer",
+                model: MODEL,
+            },
+        );
+        let grant = holds::take(
+            db,
+            Request {
+                with: turn,
+                ..request(short, 0)
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((grant.hold.amount_micros, grant.max_tokens), (50, 50));
+        let stored = chatgate::chat::store::answer_of(db, "short-answer", short)
+            .await
+            .unwrap();
+        assert!(
+            stored.is_some(),
+            "{db_name}: the turn's rows came with the hold"
+        );
+
+        let (_, empty) = gw.register_with("empty", 0).await;
+        let refused = holds::take(db, request(empty, 0)).await;
+        assert!(
+            matches!(refused, Err(AppError::InsufficientBalance)),
+            "{db_name}"
+        );
+        assert_eq!(
+            holds_of(empty).await,
+            0,
+            "{db_name}: a refusal stores no hold"
+        );
+
+        // One free message a day, then the balance.
+        let (_, freebie) = gw.register_with("freebie", 1_000).await;
+        let first = holds::take(db, request(freebie, 1)).await.unwrap();
+        assert!(
+            first.hold.free && first.hold.amount_micros == 0,
+            "{db_name}"
+        );
+        let second = holds::take(db, request(freebie, 1)).await.unwrap();
+        assert!(
+            !second.hold.free,
+            "{db_name}: the day's free message is used"
+        );
+        assert_eq!(second.hold.amount_micros, 100);
+        assert_eq!(holds_of(freebie).await, 2);
+        gw.assert_ledger_ok().await;
+    }
+}
+
+/// SQLite's one-round-trip transaction: a failed requirement rolls back everything the
+/// script wrote before it, a failing statement does too (and is reported), and the
+/// connection is left outside any transaction for whoever uses it next.
+#[tokio::test]
+async fn a_sqlite_script_commits_whole_or_not_at_all() {
+    use chatgate::db::{sqlite_require, sqlite_transaction};
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+
+    let gw = Gateway::start(|_| {}).await;
+    let db = &gw.app.db;
+    let (_, user_id) = gw.register_with("script", 1_000).await;
+    let balance = || async {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                format!("SELECT balance_micros AS b FROM users WHERE id = {user_id}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "b").unwrap()
+    };
+    let spend = |micros: i64| {
+        Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "UPDATE users SET balance_micros = balance_micros - ? WHERE id = ?",
+            [micros.into(), user_id.into()],
+        )
+    };
+
+    let declined = sqlite_transaction(
+        db,
+        vec![spend(100), sqlite_require("changes() = 2", Vec::new())],
+    )
+    .await
+    .unwrap();
+    assert!(declined.is_none());
+    assert_eq!(balance().await, 1_000, "the declined script wrote nothing");
+
+    let failed = sqlite_transaction(
+        db,
+        vec![
+            spend(100),
+            Statement::from_string(DbBackend::Sqlite, "INSERT INTO no_such_table VALUES (1)"),
+        ],
+    )
+    .await;
+    assert!(failed.is_err(), "a failing statement is an error");
+    assert_eq!(balance().await, 1_000, "the failed script wrote nothing");
+
+    let rows = sqlite_transaction(
+        db,
+        vec![
+            spend(100),
+            sqlite_require("changes() = 1", Vec::new()),
+            Statement::from_string(
+                DbBackend::Sqlite,
+                format!("SELECT balance_micros AS b FROM users WHERE id = {user_id}"),
+            ),
+        ],
+    )
+    .await
+    .unwrap()
+    .expect("the requirement held");
+    assert_eq!(rows.len(), 1, "the requirement returns no row of its own");
+    assert_eq!(rows[0].try_get::<i64>("", "b").unwrap(), 900);
+
+    // No transaction was left open: one can begin and commit as usual.
+    let txn = db.begin().await.unwrap();
+    txn.execute_raw(spend(1)).await.unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(balance().await, 899);
+}

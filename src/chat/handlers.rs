@@ -8,7 +8,6 @@ use futures_util::stream;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -148,10 +147,9 @@ pub async fn start_turn(app: &Arc<App>, turn: Turn<'_>) -> Result<Arc<Answer>, A
             .ok_or(AppError::Unauthorized("账号不存在，请重新登录"))?;
         crate::msg_sec_check::check(app, user.mp_openid.as_deref(), question).await?;
     }
-    let txn = app.db.begin().await?;
     let day = app.config.today();
     let turn_rows = store::turn_statements(
-        txn.get_database_backend(),
+        app.db.get_database_backend(),
         NewTurn {
             user_id,
             conversation_id: &conversation_id,
@@ -163,7 +161,7 @@ pub async fn start_turn(app: &Arc<App>, turn: Turn<'_>) -> Result<Arc<Answer>, A
         },
     );
     let grant = holds::take(
-        &txn,
+        &app.db,
         holds::Request {
             user_id,
             message_id: &answer_id,
@@ -176,7 +174,6 @@ pub async fn start_turn(app: &Arc<App>, turn: Turn<'_>) -> Result<Arc<Answer>, A
         },
     )
     .await?;
-    txn.commit().await?;
 
     let answer = Answer::new(answer_id, conversation_id, user_id);
     task::spawn(

@@ -5,10 +5,10 @@
 //! returns, the charge is a ledger entry, the usage is recorded and the answer stored.
 
 use entity::{daily_usage, hold, ledger_entry, usage_record, user};
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QuerySelect, QueryTrait, Statement, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    QueryFilter, QueryResult, QuerySelect, QueryTrait, Statement, TransactionTrait,
 };
 
 use super::pricing::cost;
@@ -66,12 +66,124 @@ fn prompt_with_margin(prompt_tokens: u64) -> u64 {
 }
 
 /// Takes a free message, or holds the worst-case price (lowering the output budget to
-/// what the balance affords). Runs inside the caller's transaction, so a refusal or a
-/// later failure stores nothing. Its first statement writes: on SQLite a transaction
-/// that reads first cannot wait for the write lock and fails at once under contention.
-/// The user's row is only read when the worst case cannot be paid (a guest's debit
-/// never passes; a user that does not exist is told to log in again).
-pub async fn take<C: ConnectionTrait>(db: &C, mut req: Request<'_>) -> Result<Grant, AppError> {
+/// what the balance affords), and stores the hold with `req.with` in one transaction: a
+/// refusal stores nothing, and no answer exists without its hold.
+///
+/// On SQLite the common case — a free message left, or a balance that pays the worst
+/// case — is one script ([`crate::db::sqlite_transaction`]); anything else (a shorter
+/// answer, a refusal) falls to the general path, a transaction of its own.
+pub async fn take(db: &DatabaseConnection, mut req: Request<'_>) -> Result<Grant, AppError> {
+    if db.get_database_backend() == DbBackend::Sqlite
+        && let Some(grant) = take_in_one_script(db, &mut req).await?
+    {
+        return Ok(grant);
+    }
+    let txn = db.begin().await?;
+    let grant = take_in(&txn, req).await?;
+    txn.commit().await?;
+    Ok(grant)
+}
+
+/// SQLite's one-script [`take`]: the free message if one is left, else the worst case
+/// from the balance, the hold row of whichever passed (an insert conditional on the
+/// change before it), then the turn's rows — all rolled back unless a hold was stored.
+/// `None`: neither passed, nothing written.
+async fn take_in_one_script(
+    db: &DatabaseConnection,
+    req: &mut Request<'_>,
+) -> Result<Option<Grant>, AppError> {
+    let backend = DbBackend::Sqlite;
+    let id = store::new_id();
+    let now = crate::clock::unix_millis();
+    let took_one_row = Some("changes() = 1");
+    let mut script = Vec::new();
+    if req.free_per_day > 0 {
+        script.extend(free_message_statements(
+            backend,
+            req.user_id,
+            req.day,
+            req.free_per_day,
+        ));
+        script.push(hold_statement(
+            backend,
+            &id,
+            req,
+            FREE,
+            0,
+            now,
+            took_one_row,
+        )?);
+    }
+    let worst = cost(
+        req.price,
+        &usage(prompt_with_margin(req.prompt_tokens), req.max_tokens),
+    );
+    // Skipped when the free message was taken.
+    let no_hold_yet = Expr::exists(
+        Query::select()
+            .expr(Expr::val(1))
+            .from(hold::Entity)
+            .and_where(hold::Column::Id.eq(id.as_str()))
+            .to_owned(),
+    )
+    .not();
+    script.push(debit_statement(
+        backend,
+        req.user_id,
+        worst,
+        Some(no_hold_yet),
+    ));
+    script.push(hold_statement(
+        backend,
+        &id,
+        req,
+        MONEY,
+        worst,
+        now,
+        took_one_row,
+    )?);
+    script.push(crate::db::sqlite_require(
+        "EXISTS (SELECT 1 FROM \"holds\" WHERE \"id\" = ?)",
+        vec![id.as_str().into()],
+    ));
+    // Copied: a declined script leaves them to the general path.
+    script.extend(req.with.iter().cloned());
+    script.push(
+        hold::Entity::find_by_id(id.as_str())
+            .select_only()
+            .column_as(hold::Column::Kind, "kind")
+            .build(backend),
+    );
+    let Some(rows) = crate::db::sqlite_transaction(db, script).await? else {
+        return Ok(None);
+    };
+    let free = match rows.first() {
+        Some(row) => row.try_get::<String>("", "kind")? == FREE,
+        None => {
+            return Err(AppError::Internal(
+                "a committed hold was not read back".into(),
+            ));
+        }
+    };
+    Ok(Some(Grant {
+        hold: Hold {
+            id,
+            user_id: req.user_id,
+            free,
+            amount_micros: if free { 0 } else { worst },
+            day: req.day.to_string(),
+            prompt_tokens: req.prompt_tokens,
+        },
+        max_tokens: req.max_tokens,
+    }))
+}
+
+/// [`take`]'s general path, inside the caller's transaction. Its first statement
+/// writes: on SQLite a transaction that reads first cannot wait for the write lock and
+/// fails at once under contention. The user's row is only read when the worst case
+/// cannot be paid (a guest's debit never passes; a user that does not exist is told to
+/// log in again).
+async fn take_in<C: ConnectionTrait>(db: &C, mut req: Request<'_>) -> Result<Grant, AppError> {
     let user_id = req.user_id;
     if req.free_per_day > 0 && take_free_message(db, user_id, req.day, req.free_per_day).await? {
         let hold = insert(db, &mut req, FREE, 0).await?;
@@ -120,15 +232,6 @@ pub async fn take<C: ConnectionTrait>(db: &C, mut req: Request<'_>) -> Result<Gr
     }
 }
 
-/// [`take`] in a transaction of its own, for answers that store nothing else with the
-/// hold (`/v1`, images).
-pub async fn take_alone(db: &DatabaseConnection, req: Request<'_>) -> Result<Grant, AppError> {
-    let txn = db.begin().await?;
-    let grant = take(&txn, req).await?;
-    txn.commit().await?;
-    Ok(grant)
-}
-
 fn quota_exhausted() -> AppError {
     AppError::Refused {
         reason: Refusal::QuotaExhausted,
@@ -165,17 +268,28 @@ pub fn affordable_output(price: &ModelConfig, prompt_tokens: u64, balance: i64) 
 /// `balance -= amount` only if the balance covers it (and the user is no guest: guests
 /// have free messages only). One statement: concurrent requests cannot both pass the check.
 async fn debit<C: ConnectionTrait>(db: &C, user_id: i64, amount: i64) -> Result<bool, AppError> {
-    let result = user::Entity::update_many()
+    let statement = debit_statement(db.get_database_backend(), user_id, amount, None);
+    Ok(db.execute_raw(statement).await?.rows_affected() == 1)
+}
+
+fn debit_statement(
+    backend: DbBackend,
+    user_id: i64,
+    amount: i64,
+    and: Option<sea_orm::sea_query::SimpleExpr>,
+) -> Statement {
+    let mut update = user::Entity::update_many()
         .col_expr(
             user::Column::BalanceMicros,
             Expr::col(user::Column::BalanceMicros).sub(amount),
         )
         .filter(user::Column::Id.eq(user_id))
         .filter(user::Column::BalanceMicros.gte(amount))
-        .filter(user::Column::IsGuest.eq(false))
-        .exec(db)
-        .await?;
-    Ok(result.rows_affected == 1)
+        .filter(user::Column::IsGuest.eq(false));
+    if let Some(and) = and {
+        update = update.filter(and);
+    }
+    update.build(backend)
 }
 
 /// One more free message today, only if today's count is below the limit.
@@ -185,15 +299,28 @@ async fn take_free_message<C: ConnectionTrait>(
     day: &str,
     limit: u32,
 ) -> Result<bool, AppError> {
-    daily_usage::Entity::insert(daily_usage::ActiveModel {
+    let [ensure_row, take_one] =
+        free_message_statements(db.get_database_backend(), user_id, day, limit);
+    db.execute_raw(ensure_row).await?;
+    Ok(db.execute_raw(take_one).await?.rows_affected() == 1)
+}
+
+/// Today's usage row (made if missing), then one more free message on it only if the
+/// count is below `limit`: the second statement changes one row exactly when one was taken.
+fn free_message_statements(
+    backend: DbBackend,
+    user_id: i64,
+    day: &str,
+    limit: u32,
+) -> [Statement; 2] {
+    let ensure_row = daily_usage::Entity::insert(daily_usage::ActiveModel {
         user_id: Set(user_id),
         day: Set(day.to_string()),
         free_used: Set(0),
     })
     .on_conflict_do_nothing_on([daily_usage::Column::UserId, daily_usage::Column::Day])
-    .exec(db)
-    .await?;
-    let result = daily_usage::Entity::update_many()
+    .build(backend);
+    let take_one = daily_usage::Entity::update_many()
         .col_expr(
             daily_usage::Column::FreeUsed,
             Expr::col(daily_usage::Column::FreeUsed).add(1),
@@ -201,9 +328,8 @@ async fn take_free_message<C: ConnectionTrait>(
         .filter(daily_usage::Column::UserId.eq(user_id))
         .filter(daily_usage::Column::Day.eq(day))
         .filter(daily_usage::Column::FreeUsed.lt(limit as i32))
-        .exec(db)
-        .await?;
-    Ok(result.rows_affected == 1)
+        .build(backend);
+    [ensure_row, take_one]
 }
 
 /// Free messages `user_id` has left on `day`.
@@ -227,19 +353,8 @@ async fn insert<C: ConnectionTrait>(
     amount: i64,
 ) -> Result<Hold, AppError> {
     let id = store::new_id();
-    let row = hold::Entity::insert(hold::ActiveModel {
-        id: Set(id.clone()),
-        user_id: Set(req.user_id),
-        message_id: Set(req.message_id.to_string()),
-        kind: Set(kind.to_string()),
-        amount_micros: Set(amount),
-        prompt_tokens: Set(req.prompt_tokens as i64),
-        day: Set(req.day.to_string()),
-        status: Set(OPEN.to_string()),
-        created_at: Set(crate::clock::unix_millis()),
-        settled_at: Set(None),
-    })
-    .build(db.get_database_backend());
+    let now = crate::clock::unix_millis();
+    let row = hold_statement(db.get_database_backend(), &id, req, kind, amount, now, None)?;
     let mut statements = vec![row];
     statements.append(&mut req.with);
     crate::db::script(db, statements, None).await?;
@@ -251,6 +366,53 @@ async fn insert<C: ConnectionTrait>(
         day: req.day.to_string(),
         prompt_tokens: req.prompt_tokens,
     })
+}
+
+/// The hold's row; with `only_if` (SQL), inserted only when that is true then.
+fn hold_statement(
+    backend: DbBackend,
+    id: &str,
+    req: &Request<'_>,
+    kind: &str,
+    amount: i64,
+    now: i64,
+    only_if: Option<&'static str>,
+) -> Result<Statement, AppError> {
+    use hold::Column as C;
+    let values: [sea_orm::sea_query::SimpleExpr; 9] = [
+        Expr::val(id),
+        Expr::val(req.user_id),
+        Expr::val(req.message_id),
+        Expr::val(kind),
+        Expr::val(amount),
+        Expr::val(req.prompt_tokens as i64),
+        Expr::val(req.day),
+        Expr::val(OPEN),
+        Expr::val(now),
+    ];
+    let mut insert = Query::insert();
+    insert.into_table(hold::Entity).columns([
+        C::Id,
+        C::UserId,
+        C::MessageId,
+        C::Kind,
+        C::AmountMicros,
+        C::PromptTokens,
+        C::Day,
+        C::Status,
+        C::CreatedAt,
+    ]);
+    let built = match only_if {
+        None => insert.values(values),
+        Some(condition) => insert.select_from(
+            Query::select()
+                .exprs(values)
+                .and_where(Expr::cust(condition))
+                .to_owned(),
+        ),
+    };
+    built.map_err(|e| AppError::Internal(format!("hold insert: {e}")))?;
+    Ok(backend.build(&insert))
 }
 
 impl From<&hold::Model> for Hold {
@@ -294,10 +456,53 @@ pub struct Settled {
 }
 
 /// Settles `s.hold` exactly once and stores the answer, in one transaction.
+///
+/// On SQLite that transaction is one script ([`crate::db::sqlite_transaction`]) that goes
+/// through only when it closes the hold itself; a hold found closed already (by the
+/// sweep) takes the general path, which then writes nothing and reads the balance.
 pub async fn settle(db: &DatabaseConnection, s: &Settlement<'_>) -> Result<Settled, AppError> {
-    let txn = db.begin().await?;
     let now = crate::clock::unix_millis();
-    let closed = hold::Entity::update_many()
+    let backend = db.get_database_backend();
+    if backend == DbBackend::Sqlite {
+        let (charged, writes) = settlement_writes(backend, s, now);
+        let mut script = vec![
+            close_statement(backend, s, now),
+            crate::db::sqlite_require("changes() = 1", Vec::new()),
+        ];
+        script.extend(writes);
+        script.push(balance_query(backend, s.hold.user_id));
+        if let Some(rows) = crate::db::sqlite_transaction(db, script).await? {
+            return Ok(Settled {
+                charged_micros: charged,
+                balance_micros: balance_of(&rows)?,
+                applied: true,
+            });
+        }
+    }
+    let txn = db.begin().await?;
+    let closed = txn.execute_raw(close_statement(backend, s, now)).await?;
+    let applied = closed.rows_affected() == 1;
+    // A hold the sweep already settled also stored the answer: left alone then.
+    let (charged, writes) = if applied {
+        settlement_writes(backend, s, now)
+    } else {
+        (0, Vec::new())
+    };
+    // What the settlement writes after closing the hold, run as one script on SQLite.
+    let rows =
+        crate::db::script(&txn, writes, Some(balance_query(backend, s.hold.user_id))).await?;
+    let balance_micros = balance_of(&rows)?;
+    txn.commit().await?;
+    Ok(Settled {
+        charged_micros: charged,
+        balance_micros,
+        applied,
+    })
+}
+
+/// Closes the hold, only if it is still open.
+fn close_statement(backend: DbBackend, s: &Settlement<'_>, now: i64) -> Statement {
+    hold::Entity::update_many()
         .col_expr(
             hold::Column::Status,
             Expr::value(if s.failed { RELEASED } else { SETTLED }),
@@ -305,107 +510,104 @@ pub async fn settle(db: &DatabaseConnection, s: &Settlement<'_>) -> Result<Settl
         .col_expr(hold::Column::SettledAt, Expr::value(now))
         .filter(hold::Column::Id.eq(s.hold.id.as_str()))
         .filter(hold::Column::Status.eq(OPEN))
-        .exec(&txn)
-        .await?;
-    let applied = closed.rows_affected == 1;
-    let backend = txn.get_database_backend();
+        .build(backend)
+}
+
+/// What a settlement writes once it has closed the hold, and what it charges.
+fn settlement_writes(backend: DbBackend, s: &Settlement<'_>, now: i64) -> (i64, Vec<Statement>) {
+    let user_id = s.hold.user_id;
     let mut charged = 0;
-    // What the settlement writes after closing the hold, run as one script on SQLite.
     let mut writes = Vec::new();
-    if applied {
-        let user_id = s.hold.user_id;
-        if s.hold.free {
-            if s.failed {
-                writes.push(
-                    daily_usage::Entity::update_many()
-                        .col_expr(
-                            daily_usage::Column::FreeUsed,
-                            Expr::col(daily_usage::Column::FreeUsed).sub(1),
-                        )
-                        .filter(daily_usage::Column::UserId.eq(user_id))
-                        .filter(daily_usage::Column::Day.eq(s.hold.day.as_str()))
-                        .filter(daily_usage::Column::FreeUsed.gt(0))
-                        .build(backend),
-                );
-            }
-        } else {
-            // Never more than was held: the hold is the most the user agreed to pay.
-            charged = if s.failed {
-                0
-            } else {
-                s.cost_micros.clamp(0, s.hold.amount_micros)
-            };
-            if s.cost_micros > s.hold.amount_micros && !s.failed {
-                tracing::warn!(hold = %s.hold.id, cost = s.cost_micros, held = s.hold.amount_micros, "cost above the hold; charging the hold");
-            }
-            let refund = s.hold.amount_micros - charged;
-            if refund > 0 {
-                writes.push(
-                    user::Entity::update_many()
-                        .col_expr(
-                            user::Column::BalanceMicros,
-                            Expr::col(user::Column::BalanceMicros).add(refund),
-                        )
-                        .filter(user::Column::Id.eq(user_id))
-                        .build(backend),
-                );
-            }
-            if charged > 0 {
-                writes.push(
-                    ledger_entry::Entity::insert(ledger_entry::ActiveModel {
-                        user_id: Set(user_id),
-                        amount_micros: Set(-charged),
-                        kind: Set("charge".into()),
-                        reference: Set(super::reference("hold", &s.hold.id)),
-                        note: Set(format!("{} answer {}", s.model, s.message_id)),
-                        created_at: Set(now),
-                        ..Default::default()
-                    })
+    if s.hold.free {
+        if s.failed {
+            writes.push(
+                daily_usage::Entity::update_many()
+                    .col_expr(
+                        daily_usage::Column::FreeUsed,
+                        Expr::col(daily_usage::Column::FreeUsed).sub(1),
+                    )
+                    .filter(daily_usage::Column::UserId.eq(user_id))
+                    .filter(daily_usage::Column::Day.eq(s.hold.day.as_str()))
+                    .filter(daily_usage::Column::FreeUsed.gt(0))
                     .build(backend),
-                );
-            }
+            );
         }
-        writes.push(
-            usage_record::Entity::insert(usage_record::ActiveModel {
-                user_id: Set(user_id),
-                message_id: Set(s.message_id.to_string()),
-                model: Set(s.model.to_string()),
-                channel: Set(s.channel.to_string()),
-                prompt_tokens: Set(s.usage.prompt_tokens as i64),
-                completion_tokens: Set(s.usage.completion_tokens as i64),
-                cost_micros: Set(s.cost_micros),
-                charged_micros: Set(charged),
-                free: Set(s.hold.free),
-                first_token_ms: Set(s.first_token_ms),
-                total_ms: Set(s.total_ms),
-                status: Set(s.answer.status.to_string()),
-                created_at: Set(now),
-                ..Default::default()
-            })
-            .build(backend),
-        );
-        // A hold the sweep already settled also stored the answer: left alone then.
-        let answer = Finished {
-            cost_micros: charged,
-            ..s.answer
+    } else {
+        // Never more than was held: the hold is the most the user agreed to pay.
+        charged = if s.failed {
+            0
+        } else {
+            s.cost_micros.clamp(0, s.hold.amount_micros)
         };
-        writes.push(store::finish_statement(backend, s.message_id, &answer));
+        if s.cost_micros > s.hold.amount_micros && !s.failed {
+            tracing::warn!(hold = %s.hold.id, cost = s.cost_micros, held = s.hold.amount_micros, "cost above the hold; charging the hold");
+        }
+        let refund = s.hold.amount_micros - charged;
+        if refund > 0 {
+            writes.push(
+                user::Entity::update_many()
+                    .col_expr(
+                        user::Column::BalanceMicros,
+                        Expr::col(user::Column::BalanceMicros).add(refund),
+                    )
+                    .filter(user::Column::Id.eq(user_id))
+                    .build(backend),
+            );
+        }
+        if charged > 0 {
+            writes.push(
+                ledger_entry::Entity::insert(ledger_entry::ActiveModel {
+                    user_id: Set(user_id),
+                    amount_micros: Set(-charged),
+                    kind: Set("charge".into()),
+                    reference: Set(super::reference("hold", &s.hold.id)),
+                    note: Set(format!("{} answer {}", s.model, s.message_id)),
+                    created_at: Set(now),
+                    ..Default::default()
+                })
+                .build(backend),
+            );
+        }
     }
-    let balance = user::Entity::find()
+    writes.push(
+        usage_record::Entity::insert(usage_record::ActiveModel {
+            user_id: Set(user_id),
+            message_id: Set(s.message_id.to_string()),
+            model: Set(s.model.to_string()),
+            channel: Set(s.channel.to_string()),
+            prompt_tokens: Set(s.usage.prompt_tokens as i64),
+            completion_tokens: Set(s.usage.completion_tokens as i64),
+            cost_micros: Set(s.cost_micros),
+            charged_micros: Set(charged),
+            free: Set(s.hold.free),
+            first_token_ms: Set(s.first_token_ms),
+            total_ms: Set(s.total_ms),
+            status: Set(s.answer.status.to_string()),
+            created_at: Set(now),
+            ..Default::default()
+        })
+        .build(backend),
+    );
+    let answer = Finished {
+        cost_micros: charged,
+        ..s.answer
+    };
+    writes.push(store::finish_statement(backend, s.message_id, &answer));
+    (charged, writes)
+}
+
+fn balance_query(backend: DbBackend, user_id: i64) -> Statement {
+    user::Entity::find()
         .select_only()
         .column_as(user::Column::BalanceMicros, "balance")
-        .filter(user::Column::Id.eq(s.hold.user_id))
-        .build(backend);
-    let rows = crate::db::script(&txn, writes, Some(balance)).await?;
-    let balance_micros = match rows.first() {
+        .filter(user::Column::Id.eq(user_id))
+        .build(backend)
+}
+
+fn balance_of(rows: &[QueryResult]) -> Result<i64, AppError> {
+    Ok(match rows.first() {
         Some(row) => row.try_get::<i64>("", "balance")?,
         None => 0,
-    };
-    txn.commit().await?;
-    Ok(Settled {
-        charged_micros: charged,
-        balance_micros,
-        applied,
     })
 }
 
