@@ -102,6 +102,11 @@ struct Args {
     /// Give up on a request after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     request_timeout: f64,
+    /// Milliseconds each worker waits after an answer before its next request (a
+    /// person's pause; the mini-program framing makes one of 50 ms before its last
+    /// frame, so `--pause-ms 50` gives other targets the same idle gap).
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
 }
 
 /// Phases of the run, read by every worker before counting a piece.
@@ -121,6 +126,7 @@ struct Shared {
     started: AtomicU64,
     limit: u64,
     timeout: Duration,
+    pause: Duration,
     all_latencies: bool,
 }
 
@@ -172,6 +178,7 @@ async fn main() -> Result<(), Error> {
         started: AtomicU64::new(0),
         limit: args.requests,
         timeout: Duration::from_secs_f64(args.request_timeout),
+        pause: Duration::from_millis(args.pause_ms),
         all_latencies: args.all_latencies,
     });
     let c = args.concurrency.max(1);
@@ -546,6 +553,9 @@ async fn worker(index: usize, shared: &Shared, credential: &str) -> Tally {
             }
             Ok(Err(e)) => tally.error(e.to_string()),
             Err(_) => tally.error("request timed out".into()),
+        }
+        if !shared.pause.is_zero() {
+            tokio::time::sleep(shared.pause).await;
         }
     }
     tally

@@ -78,6 +78,9 @@ pub struct Config {
     pub heartbeat_secs: f64,
     /// How long answers in flight may take to finish when the gateway is asked to stop.
     pub shutdown_grace_secs: u64,
+    /// Event-loop threads serving connections, each a runtime of its own with its own
+    /// listening socket; 0: one per CPU core.
+    pub threads: usize,
     /// Seconds between flushes of a growing answer to the database.
     pub answer_flush_secs: f64,
     /// Milliseconds between the pieces of the demo model's canned answer.
@@ -121,6 +124,7 @@ impl Default for Config {
             redis_prefix: "chatgate:".into(),
             heartbeat_secs: 5.0,
             shutdown_grace_secs: 30,
+            threads: 0,
             answer_flush_secs: 1.0,
             demo_chunk_delay_ms: 40,
             timezone: "+08:00".into(),
@@ -775,6 +779,14 @@ impl Config {
     }
 
     /// The model used when a request names none.
+    /// How many event-loop threads serve connections (`threads`, 0 = one per core).
+    pub fn event_loop_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     pub fn default_model(&self) -> String {
         if let Some(m) = &self.default_model {
             return m.clone();

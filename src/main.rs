@@ -17,7 +17,9 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
+/// The main thread's runtime keeps the background work (sweep, flush, shutdown); the
+/// connections are served by the event-loop threads of `server::run_per_thread`.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -39,14 +41,18 @@ async fn main() -> ExitCode {
         Ok(app) => app,
         Err(e) => return fail(&format!("cannot start: {e}")),
     };
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(listener) => listener,
+    let threads = app.config.event_loop_threads();
+    let listeners = match chatgate::server::bind_per_thread(addr, threads) {
+        Ok(listeners) => listeners,
         Err(e) => return fail(&format!("cannot listen on {addr}: {e}")),
     };
-    let bound = listener.local_addr().unwrap_or(addr);
-    tracing::info!("listening on http://{bound}");
+    let bound = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or(addr);
+    tracing::info!(threads, "listening on http://{bound}");
     banner(&app, bound);
-    chatgate::server::run(listener, app, shutdown_signal()).await;
+    chatgate::server::run_per_thread(listeners, app, shutdown_signal()).await;
     ExitCode::SUCCESS
 }
 

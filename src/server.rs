@@ -25,19 +25,161 @@ pub struct ClientAddr(pub std::net::SocketAddr);
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub std::net::IpAddr);
 
-/// Serves `listener` until `shutdown` completes, then shuts down gracefully.
+/// Serves `listener` on the current runtime until `shutdown` completes, then shuts down
+/// gracefully (tests, and `threads = 1`).
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let connections = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let background = Background::start(&app);
+    accept_loop(listener, &app, &connections, &graceful, shutdown).await;
+    // Open connections finish the response in flight and take no new request.
+    let connections_closed = tokio::spawn(graceful.shutdown());
+    drain(&app, async {
+        let _ = connections_closed.await;
+    })
+    .await;
+    background.stop();
+}
+
+/// Serves on one event loop per listener, each a single-threaded runtime on a thread of
+/// its own accepting on its own socket (`SO_REUSEPORT`: the kernel spreads connections).
+/// A connection, its handler and the answers it starts stay on their thread: nothing is
+/// handed between threads per chunk, and no idle worker is woken to steal work, which is
+/// what a work-stealing runtime spends much of its time on when streams trickle. The
+/// calling runtime keeps the background work and the shutdown.
+pub async fn run_per_thread(
+    listeners: Vec<std::net::TcpListener>,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let connections = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    let background = Background::start(&app);
+    let stop_accepting = tokio_util::sync::CancellationToken::new();
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::channel::<()>(listeners.len().max(1));
+    let mut threads = Vec::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let app = Arc::clone(&app);
+        let connections = Arc::clone(&connections);
+        let stop_accepting = stop_accepting.clone();
+        let closed = closed_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("chatgate-{index}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start an event loop");
+                        return;
+                    }
+                };
+                crate::upstream::set_thread_slot(index);
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot use a listening socket");
+                            return;
+                        }
+                    };
+                    let graceful = GracefulShutdown::new();
+                    accept_loop(
+                        listener,
+                        &app,
+                        &connections,
+                        &graceful,
+                        stop_accepting.cancelled(),
+                    )
+                    .await;
+                    tokio::spawn(async move {
+                        graceful.shutdown().await;
+                        let _ = closed.send(()).await;
+                    });
+                    // The answers and connections of this thread run until the gateway
+                    // has stored every answer.
+                    app.shutdown.cancelled().await;
+                });
+            });
+        match thread {
+            Ok(thread) => threads.push(thread),
+            Err(e) => tracing::error!(error = %e, "cannot start an event loop thread"),
+        }
+    }
+    drop(closed_tx);
+    shutdown.await;
+    stop_accepting.cancel();
+    drain(&app, async { while closed_rx.recv().await.is_some() {} }).await;
+    background.stop();
+    let _ = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    })
+    .await;
+}
+
+/// Listening sockets for [`run_per_thread`]: `count` sockets on `addr` (the first one
+/// picks the port when `addr` has port 0), each with `SO_REUSEPORT`.
+pub fn bind_per_thread(
+    addr: std::net::SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// The loops that run beside the server: the sweep and the answer flush.
+struct Background {
+    sweeper: tokio::task::JoinHandle<()>,
+    flusher: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    fn start(app: &Arc<App>) -> Self {
+        Self {
+            sweeper: tokio::spawn(crate::sweep::run(Arc::clone(app))),
+            flusher: tokio::spawn(crate::chat::flush::run(Arc::clone(app))),
+        }
+    }
+
+    fn stop(self) {
+        self.sweeper.abort();
+        self.flusher.abort();
+        tracing::info!("stopped");
+    }
+}
+
+/// Accepts connections on `listener` and serves each on a task of its own until `stop`.
+async fn accept_loop(
+    listener: TcpListener,
+    app: &Arc<App>,
+    connections: &Arc<Semaphore>,
+    graceful: &GracefulShutdown,
+    stop: impl Future<Output = ()>,
+) {
     let limits = &app.config.limits;
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs))
         .keep_alive(true);
-    let graceful = GracefulShutdown::new();
-    let sweeper = tokio::spawn(crate::sweep::run(Arc::clone(&app)));
-    let flusher = tokio::spawn(crate::chat::flush::run(Arc::clone(&app)));
-    tokio::pin!(shutdown);
+    tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -49,15 +191,15 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = &mut stop => break,
         };
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(connections).try_acquire_owned() else {
             tracing::warn!(%peer, "too many open connections; refusing one");
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let app = Arc::clone(&app);
+        let app = Arc::clone(app);
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ClientAddr(peer));
             let app = Arc::clone(&app);
@@ -79,9 +221,12 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
             drop(permit);
         });
     }
-    drop(listener);
-    // Open connections finish the response in flight and take no new request.
-    let connections_closed = tokio::spawn(graceful.shutdown());
+}
+
+/// After accepting stopped: lets open answers finish and be stored within the grace
+/// period, stops what is left, waits (a bounded time) for `connections_closed`, then
+/// tells every loop to end.
+async fn drain(app: &App, connections_closed: impl Future<Output = ()>) {
     let grace = Duration::from_secs(app.config.shutdown_grace_secs);
     tracing::info!(
         answers = app.answers.len(),
@@ -100,7 +245,4 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     // Answers are stored; connections still streaming them end by themselves now.
     let _ = tokio::time::timeout(Duration::from_secs(5), connections_closed).await;
     app.shutdown.cancel();
-    sweeper.abort();
-    flusher.abort();
-    tracing::info!("stopped");
 }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chatgate::config::{Channel, Config, ModelConfig};
@@ -996,4 +997,88 @@ async fn answers_over_an_http2_channel_share_one_upstream_connection() {
     );
     assert_eq!(mock.connection_count(), 1);
     gw.assert_ledger_ok().await;
+}
+
+/// Served as the binary serves it — several event-loop threads, each with its own
+/// listening socket and its own upstream client: connections spread over the threads,
+/// each thread's answers share that thread's one HTTP/2 upstream connection, every
+/// answer is right, and a shutdown lets an answer in flight finish and be stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_loop_threads_each_serve_their_connections_and_drain_on_shutdown() {
+    let mock = MockUpstream::start(MockConfig {
+        chunk_delay: Duration::from_millis(20),
+        chunks: 10,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let gw = Gateway::start_threads(3, |c| {
+        use_mock(c, &mock);
+        c.channels[0].http2 = true;
+        c.limits.user_concurrent_streams = 0;
+        c.limits.user_chats_per_minute = 0;
+        c.limits.ip_per_second = 0;
+    })
+    .await;
+    let (token, user_id) = gw.register_with("threads", 100_000_000).await;
+    let asks = (0..24).map(|i| {
+        let (gw, token) = (&gw, &token);
+        async move {
+            let question = format!("thread question {i}");
+            let mp = i % 2 == 0;
+            let resp = gw.chat(token, &json!({ "message": question }), mp).await;
+            let (content, done) = if mp {
+                let s = parse_mp(&resp.chunks);
+                (s.content, s.done)
+            } else {
+                let s = parse_sse(&resp.body());
+                (s.content, s.done)
+            };
+            assert_eq!(content, mock_upstream::answer_for(&question), "{i}");
+            assert!(done.is_some(), "{i}");
+        }
+    });
+    futures_util::future::join_all(asks).await;
+    assert_eq!(mock.requests().len(), 24);
+    // 24 connections over 3 sockets all landing on one has a chance of 3^-23.
+    let upstream_connections = mock.connection_count();
+    assert!(
+        (2..=3).contains(&upstream_connections),
+        "one upstream connection per thread that served answers: {upstream_connections}"
+    );
+    gw.assert_ledger_ok().await;
+
+    // Shutdown while an answer streams: it finishes, complete, and is stored.
+    let question = "finish me";
+    let body = json!({ "message": question }).to_string();
+    let mut client = RawClient::send(
+        gw.addr,
+        "POST",
+        "/api/chat?client=mp",
+        Some(&token),
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    let id = client.header("x-message-id").unwrap().to_string();
+    let first = client.next_chunk().await.unwrap();
+    let app = Arc::clone(&gw.app);
+    let shutdown = tokio::spawn(gw.shutdown());
+    let mut rest = client.read_all().await;
+    rest.chunks.insert(0, first);
+    assert_eq!(
+        parse_mp(&rest.chunks).content,
+        mock_upstream::answer_for(question)
+    );
+    assert_eq!(rest.chunks.last().unwrap(), b"0\r\n\r\n");
+    tokio::time::timeout(Duration::from_secs(30), shutdown)
+        .await
+        .expect("the server stops")
+        .unwrap();
+    let stored = chatgate::chat::store::answer_of(&app.db, &id, user_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, "done");
+    assert_eq!(stored.content, mock_upstream::answer_for(question));
 }

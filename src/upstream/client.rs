@@ -18,9 +18,11 @@ use crate::config::{Channel, Config};
 use crate::error::AppError;
 
 /// The pool of upstream channels shared by every request. One `reqwest::Client` (and
-/// so one connection pool) for all of them.
+/// so one connection pool) for all of them per event-loop thread (see [`set_thread_slot`]).
 pub struct Upstream {
-    client: reqwest::Client,
+    /// One per event-loop thread: an upstream connection is driven by the thread that
+    /// opened it, so each thread's answers use connections of their own thread.
+    clients: Vec<reqwest::Client>,
     /// Sorted by priority.
     channels: Vec<ChannelState>,
     /// Smooth weighted round-robin state of each group of channels sharing a priority:
@@ -33,12 +35,31 @@ pub struct Upstream {
 
 struct ChannelState {
     config: Channel,
-    /// This channel's own client when it goes through a proxy or speaks h2c.
-    client: Option<reqwest::Client>,
+    /// This channel's own clients (one per thread) when it goes through a proxy or
+    /// speaks h2c; empty otherwise.
+    clients: Vec<reqwest::Client>,
     /// Round-robin position in the key pool.
     next_key: AtomicUsize,
     /// Keys that answered 401: out of rotation until the gateway restarts.
     revoked: Vec<AtomicBool>,
+}
+
+thread_local! {
+    /// Which event loop this thread is ([`set_thread_slot`]); 0 elsewhere.
+    static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as event loop `slot`: its answers use that slot's clients.
+pub fn set_thread_slot(slot: usize) {
+    SLOT.with(|s| s.set(slot));
+}
+
+/// The client of this thread's slot; `None` when there are none.
+fn of_this_thread(clients: &[reqwest::Client]) -> Option<&reqwest::Client> {
+    match clients.len() {
+        0 => None,
+        n => clients.get(SLOT.with(std::cell::Cell::get) % n),
+    }
 }
 
 /// Why one attempt on one key failed.
@@ -69,27 +90,32 @@ impl Upstream {
                 .pool_idle_timeout(Duration::from_secs(90))
                 .tcp_nodelay(true)
         };
-        let client = builder().build().map_err(|e| e.to_string())?;
+        let threads = config.event_loop_threads();
+        let clients = (0..threads)
+            .map(|_| builder().build().map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut channels = Vec::with_capacity(config.channels.len());
         for c in &config.channels {
-            // A channel with a proxy or speaking h2c has a client of its own.
-            let client = if c.proxy.is_none() && !c.http2 {
-                None
-            } else {
-                let mut own = builder();
-                if let Some(url) = &c.proxy {
-                    let bad = |e: reqwest::Error| format!("channel {}: proxy {url}: {e}", c.name);
-                    own = own.proxy(reqwest::Proxy::all(url).map_err(bad)?);
+            // A channel with a proxy or speaking h2c has clients of its own.
+            let mut clients = Vec::new();
+            if c.proxy.is_some() || c.http2 {
+                for _ in 0..threads {
+                    let mut own = builder();
+                    if let Some(url) = &c.proxy {
+                        let bad =
+                            |e: reqwest::Error| format!("channel {}: proxy {url}: {e}", c.name);
+                        own = own.proxy(reqwest::Proxy::all(url).map_err(bad)?);
+                    }
+                    if c.http2 {
+                        own = own.http2_prior_knowledge();
+                    }
+                    let bad = |e: reqwest::Error| format!("channel {}: {e}", c.name);
+                    clients.push(own.build().map_err(bad)?);
                 }
-                if c.http2 {
-                    own = own.http2_prior_knowledge();
-                }
-                let bad = |e: reqwest::Error| format!("channel {}: {e}", c.name);
-                Some(own.build().map_err(bad)?)
-            };
+            }
             channels.push(ChannelState {
                 config: c.clone(),
-                client,
+                clients,
                 next_key: AtomicUsize::new(0),
                 revoked: c.api_keys.iter().map(|_| AtomicBool::new(false)).collect(),
             });
@@ -108,7 +134,7 @@ impl Upstream {
             start = end;
         }
         Ok(Self {
-            client,
+            clients,
             channels,
             groups,
             first_byte_timeout: secs(config.upstream.first_byte_timeout_secs),
@@ -158,9 +184,10 @@ impl Upstream {
         }
     }
 
-    /// The shared HTTP client (for fetching what an upstream links to).
+    /// This thread's HTTP client (also for fetching what an upstream links to).
     pub fn client(&self) -> &reqwest::Client {
-        &self.client
+        // Never empty: there is at least one thread.
+        of_this_thread(&self.clients).unwrap_or_else(|| &self.clients[0])
     }
 
     /// Posts `body` to `/chat/completions` of the channels serving `model`, in order,
@@ -227,7 +254,7 @@ impl Upstream {
         key: Option<usize>,
     ) -> Result<reqwest::Response, Failure> {
         let url = format!("{}/{path}", channel.config.base_url.trim_end_matches('/'));
-        let client = channel.client.as_ref().unwrap_or(&self.client);
+        let client = of_this_thread(&channel.clients).unwrap_or_else(|| self.client());
         let mut request = client.post(&url).json(body);
         if let Some(k) = key {
             request = request.bearer_auth(&channel.config.api_keys[k]);

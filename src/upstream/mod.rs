@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use client::Upstream;
+pub use client::{Upstream, set_thread_slot};
 
 use crate::error::AppError;
 use sse::SseEvent;

@@ -130,6 +130,42 @@ impl Gateway {
         }
     }
 
+    /// Starts a gateway served as the binary serves it: `threads` event-loop threads,
+    /// each with its own runtime and listening socket.
+    pub async fn start_threads(threads: usize, change: impl FnOnce(&mut Config)) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(&dir);
+        config.threads = threads;
+        change(&mut config);
+        let app = App::new(config).await.expect("gateway starts");
+        let listeners =
+            chatgate::server::bind_per_thread("127.0.0.1:0".parse().unwrap(), threads).unwrap();
+        assert_eq!(listeners.len(), threads);
+        let addr = listeners[0].local_addr().unwrap();
+        for l in &listeners {
+            assert_eq!(
+                l.local_addr().unwrap(),
+                addr,
+                "all threads listen on one port"
+            );
+        }
+        let (tx, rx) = oneshot::channel();
+        let server = tokio::spawn(chatgate::server::run_per_thread(
+            listeners,
+            Arc::clone(&app),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Gateway {
+            addr,
+            app,
+            stop: Some(tx),
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
     /// Asks the server to shut down gracefully and waits for it.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.stop.take() {
