@@ -13,14 +13,14 @@ use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::frame_sse::Done;
 use super::{Framing, frame_mp, frame_sse};
@@ -94,13 +94,44 @@ impl Live {
     }
 }
 
+/// See [`Answer::stopped`].
+pub struct Stopped<'a> {
+    answer: &'a Answer,
+    /// The token's wait future, polled once per waker: the token wakes that waker when
+    /// cancelled.
+    registered: Option<(Pin<Box<WaitForCancellationFuture<'a>>>, Waker)>,
+}
+
+impl Future for Stopped<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.answer.stop_requested.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        match &mut this.registered {
+            Some((_, waker)) if waker.will_wake(cx.waker()) => Poll::Pending,
+            registered => {
+                let mut wait = Box::pin(this.answer.stop.cancelled());
+                let poll = wait.as_mut().poll(cx);
+                *registered = Some((wait, cx.waker().clone()));
+                poll
+            }
+        }
+    }
+}
+
 pub struct Answer {
     pub message_id: String,
     pub conversation_id: String,
     pub user_id: i64,
     live: Mutex<Live>,
-    /// Cancelled by `POST /api/messages/{id}/stop`.
-    pub stop: CancellationToken,
+    /// Cancelled by [`Answer::request_stop`] (`POST /api/messages/{id}/stop`, a stop
+    /// seen by the flush, the end of a shutdown's grace period).
+    stop: CancellationToken,
+    /// Set before `stop` is cancelled: what [`Stopped`] looks at after its first poll.
+    stop_requested: AtomicBool,
     /// How much of the text (bytes) the periodic flush has stored.
     pub flushed_len: AtomicUsize,
 }
@@ -121,8 +152,25 @@ impl Answer {
                 waiting: Vec::new(),
             }),
             stop: CancellationToken::new(),
+            stop_requested: AtomicBool::new(false),
             flushed_len: AtomicUsize::new(0),
         })
+    }
+
+    /// Asks the answer's task to stop (what was produced is stored and billed).
+    pub fn request_stop(&self) {
+        self.stop_requested.store(true, Ordering::Release);
+        self.stop.cancel();
+    }
+
+    /// Resolves once a stop is requested. Meant to be polled beside the upstream on every
+    /// wake of the answer's task: after its first poll registers the task with the token,
+    /// a poll is one atomic load (looking at a `CancellationToken` takes its lock).
+    pub fn stopped(&self) -> Stopped<'_> {
+        Stopped {
+            answer: self,
+            registered: None,
+        }
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
@@ -469,7 +517,7 @@ impl AnswerRegistry {
     /// Stops every answer (the end of a shutdown grace period).
     pub fn stop_all(&self) {
         for answer in self.map().values() {
-            answer.stop.cancel();
+            answer.request_stop();
         }
     }
 }
@@ -477,6 +525,28 @@ impl AnswerRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stopped_sees_a_stop_requested_before_or_while_it_waits() {
+        let early = Answer::new("m".into(), "c".into(), 1);
+        early.request_stop();
+        tokio::time::timeout(Duration::from_secs(5), early.stopped())
+            .await
+            .expect("a stop requested before the first poll");
+
+        let answer = Answer::new("m".into(), "c".into(), 1);
+        let waiting = Arc::clone(&answer);
+        let waiter = tokio::spawn(async move { waiting.stopped().await });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "no stop was requested yet");
+        answer.request_stop();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the stop")
+            .unwrap();
+    }
 
     #[test]
     fn byte_offsets_count_code_points() {

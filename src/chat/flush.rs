@@ -41,7 +41,7 @@ pub async fn flush_once(app: &App) -> Result<(), AppError> {
         let ids: Vec<&str> = batch.iter().map(|a| a.message_id.as_str()).collect();
         for id in store::stops_requested(&app.db, &ids).await? {
             if let Some(answer) = batch.iter().find(|a| a.message_id == id) {
-                answer.stop.cancel();
+                answer.request_stop();
             }
         }
     }

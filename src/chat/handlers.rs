@@ -375,7 +375,7 @@ pub async fn stop_message(
     if row.status == store::STREAMING {
         store::request_stop(&app.db, id, user_id).await?;
         if let Some(answer) = app.answers.get(id) {
-            answer.stop.cancel();
+            answer.request_stop();
             // Answer with the stored result when this replica owns the answer.
             let _ = tokio::time::timeout(Duration::from_secs(10), answer.ended()).await;
         }

@@ -74,7 +74,7 @@ async fn run(app: Arc<App>, job: AnswerJob, permit: StreamPermit) {
     };
     let outcome = tokio::select! {
         biased;
-        _ = answer.stop.cancelled() => Outcome::Stopped,
+        _ = answer.stopped() => Outcome::Stopped,
         _ = tokio::time::sleep(max) => {
             tracing::info!(message_id = %answer.message_id, "answer cut at the maximum answer time");
             Outcome::Stopped
