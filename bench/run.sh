@@ -13,7 +13,8 @@
 # then runs the same load (examples/loadgen) against: the mock directly, nginx→mock,
 # chatgate mini-program framing and SSE (HTTP/2 to the mock, which speaks h2c), chatgate
 # mini-program framing with HTTP/1.1 to the mock (one connection per open answer, as
-# nginx) — and chatgate on PostgreSQL for two rows.
+# nginx) — and chatgate on PostgreSQL for two rows. At C = 1, delay 0, direct and SSE run
+# once more with a 50 ms pause between requests (the mini-program framing's own pause).
 # CPU is utime+stime from /proc over the measured window / content pieces delivered in it;
 # RSS per stream = (median RSS during the window − RSS before the load) / C.
 # Prints one markdown table. Raw JSON lines are kept in $WORK/results.jsonl.
@@ -224,6 +225,17 @@ run_rows() {
                 --watch "mock=$mockpid"
             loadgen "d$delay-c$c-nginx" openai "http://$nginx/v1" mock-model "$c" \
                 --watch "nginx=$NGINX_WORKERS" --watch "mock=$mockpid"
+            if [ "$delay" = 0 ] && [ "$c" = 1 ]; then
+                # The mini-program framing pauses 50 ms before its terminal frame, so
+                # at C = 1 each of its requests starts after 50 ms of idle: the same
+                # pause for direct and SSE shows what that idle costs by itself.
+                loadgen "d0-c1-direct-pause" openai "http://$mock/v1" mock-model 1 \
+                    --pause-ms 50 --watch "mock=$mockpid"
+                start_gate "sqlite://$WORK/gate-$GATE_N.db?mode=rwc" "$MOCK20" true
+                loadgen "d0-c1-sse-pause" sse "http://$GATE" "$model" 1 --pause-ms 50 \
+                    --watch "chatgate=$GATE_PID" --watch "mock=$mockpid"
+                stop_gate
+            fi
             for framing in mp sse mp-h1; do
                 local http2=true
                 [ "$framing" = mp-h1 ] && http2=false

@@ -34,9 +34,13 @@ def main():
         if label.startswith("open-"):
             continue
         delay, c, kind = label.split("-", 2)
-        direct = by_label.get(f"{delay}-{c}-direct")
+        # Rows with a pause between requests compare with direct under the same pause.
+        pause = "-pause" if kind.endswith("-pause") else ""
+        direct = by_label.get(f"{delay}-{c}-direct{pause}")
         nginx = by_label.get(f"{delay}-{c}-nginx")
-        name = {"direct": "mock", "nginx": "nginx"}.get(kind, "chatgate")
+        name = {"direct": "mock", "direct-pause": "mock", "nginx": "nginx"}.get(
+            kind, "chatgate"
+        )
         p = proc(r, name)
         mock = proc(r, "mock")
         nginx_cpu = proc(nginx, "nginx")["cpu_us_per_chunk"] if nginx else None
@@ -44,7 +48,7 @@ def main():
         added = r["ttfc_p50_ms"] - direct["ttfc_p50_ms"] if direct else None
         ratio = (
             p["cpu_us_per_chunk"] / nginx_cpu
-            if nginx_cpu and kind not in ("direct",)
+            if nginx_cpu and not kind.startswith("direct") and not pause
             else None
         )
         path_name = {
@@ -54,10 +58,12 @@ def main():
             "sse": "chatgate SSE",
             "mp-h1": "chatgate mp, HTTP/1.1 upstream",
             "mp-pg": "chatgate mp (PostgreSQL)",
+            "direct-pause": "direct (mock), 50 ms pause between requests",
+            "sse-pause": "chatgate SSE, 50 ms pause between requests",
         }.get(kind, kind)
         # Below a few hundred streams, fixed memory (pools, caches) swamps the per-stream part.
         small = int(c[1:]) < 500
-        rss = "–" if kind == "direct" or small else f"{p['rss_per_stream_kb']:.1f}"
+        rss = "–" if kind.startswith("direct") or small else f"{p['rss_per_stream_kb']:.1f}"
         print(
             f"| {delay[1:]} ms | {c[1:]} | {path_name} | {r['chunks_per_sec']:.0f} "
             f"| {fmt(share, '.1f', '%')} | {r['ttfc_p50_ms']:.2f} | {fmt(added, '+.2f')} "
