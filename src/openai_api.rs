@@ -182,11 +182,13 @@ async fn start(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     }
     let stream = body["stream"].as_bool() == Some(true);
     let client_wants_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
-    let prompt_tokens = messages
-        .iter()
-        .map(|m| tokens::count(&m.content) + tokens::PER_MESSAGE_OVERHEAD)
-        .sum::<u64>()
-        + tokens::PER_PROMPT_OVERHEAD;
+    let bytes = messages.iter().map(|m| m.content.len()).sum();
+    let prompt_tokens = if bytes <= tokens::OFF_LOOP_BYTES {
+        prompt_cost(messages.iter().map(|m| m.content.as_str()))
+    } else {
+        let texts: Vec<String> = messages.iter().map(|m| m.content.clone()).collect();
+        tokens::off_loop(bytes, move || prompt_cost(texts.iter().map(String::as_str))).await?
+    };
     let budget = price.context_tokens.saturating_sub(price.max_output_tokens);
     if prompt_tokens > budget {
         return Err(AppError::Refused {
@@ -416,6 +418,14 @@ async fn complete_whole(
         "application/json",
         response::full(bytes),
     ))
+}
+
+/// Our count of a prompt made of `contents`.
+fn prompt_cost<'a>(contents: impl Iterator<Item = &'a str>) -> u64 {
+    contents
+        .map(|c| tokens::count(c) + tokens::PER_MESSAGE_OVERHEAD)
+        .sum::<u64>()
+        + tokens::PER_PROMPT_OVERHEAD
 }
 
 /// Usage by our own count when the upstream reports none.

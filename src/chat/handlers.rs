@@ -127,13 +127,16 @@ pub async fn start_turn(app: &Arc<App>, turn: Turn<'_>) -> Result<Arc<Answer>, A
         };
 
     let budget = price.context_tokens.saturating_sub(price.max_output_tokens);
-    let (messages, prompt_tokens) = build_prompt(
-        &app.config.system_prompt,
-        &history,
-        question,
-        budget,
-        crate::tokens::count,
-    )
+    let bytes = question.len()
+        + history
+            .iter()
+            .map(|t| t.question.len() + t.answer.len())
+            .sum::<usize>();
+    let (system, asked) = (app.config.system_prompt.clone(), question.to_string());
+    let (messages, prompt_tokens) = crate::tokens::off_loop(bytes, move || {
+        build_prompt(&system, &history, &asked, budget, crate::tokens::count)
+    })
+    .await?
     .ok_or_else(|| too_long(max_chars))?;
 
     // The hold (or free message) and the turn's rows commit together: a refusal

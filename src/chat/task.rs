@@ -189,17 +189,21 @@ async fn finish(
     // Cost from the upstream's usage numbers, else from our own count of what was
     // received. A failed answer costs nothing; a cut one costs what was shown.
     let prompt_tokens = job.hold.prompt_tokens;
-    let counted = || {
-        let completion_tokens = crate::tokens::count(&content);
-        Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-        }
-    };
     let usage = match progress.usage {
         Some(usage) if !blocked => usage,
-        _ => counted(),
+        _ => {
+            let text = content.clone();
+            let completion_tokens =
+                crate::tokens::off_loop(text.len(), move || crate::tokens::count(&text))
+                    .await
+                    // Counted again in place rather than billed as nothing.
+                    .unwrap_or_else(|_| crate::tokens::count(&content));
+            Usage {
+                prompt_tokens,
+                completion_tokens,
+                total_tokens: prompt_tokens + completion_tokens,
+            }
+        }
     };
     // Stopped before any upstream answered: nothing was produced, nothing is billed.
     let failed = (failure.is_some() && !blocked) || progress.channel.is_empty();
