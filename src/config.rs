@@ -49,6 +49,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The most event-loop threads `threads` may ask for (each has a runtime, a listening
+/// socket and its own upstream clients).
+pub const MAX_THREADS: usize = 256;
+
 fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(msg.into())
 }
@@ -594,6 +598,12 @@ impl Config {
                 "heartbeat_secs, answer_flush_secs and sweep_interval_secs must be above 0",
             ));
         }
+        if self.threads > MAX_THREADS {
+            return Err(invalid(format!(
+                "threads must be 0 (one per core) to {MAX_THREADS} (got {})",
+                self.threads
+            )));
+        }
         if crate::ledger::day::parse_offset(&self.timezone).is_none() {
             return Err(invalid(format!(
                 "timezone must be a UTC offset such as \"+08:00\" (got {:?})",
@@ -877,6 +887,22 @@ mod tests {
         assert_eq!(c.default_model(), DEMO_MODEL);
         assert!(c.has_model("demo"));
         assert!(!c.has_model("gpt-4o"));
+    }
+
+    #[test]
+    fn threads_default_to_one_per_core_and_are_bounded() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.threads, 0);
+        assert!(c.event_loop_threads() >= 1);
+        let mut c = Config::from_toml("threads = 3").unwrap();
+        assert_eq!(c.event_loop_threads(), 3);
+        c.validate().unwrap();
+        let err = Config::from_toml("threads = 100000")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("threads must be 0"), "{err}");
     }
 
     #[test]
