@@ -788,7 +788,6 @@ impl Config {
         self.channels.is_empty()
     }
 
-    /// The model used when a request names none.
     /// How many event-loop threads serve connections (`threads`, 0 = one per core).
     pub fn event_loop_threads(&self) -> usize {
         match self.threads {
@@ -797,6 +796,7 @@ impl Config {
         }
     }
 
+    /// The model used when a request names none.
     pub fn default_model(&self) -> String {
         if let Some(m) = &self.default_model {
             return m.clone();

@@ -35,7 +35,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         // file locked waits instead of failing at once. Checkpoints every 20,000 pages
         // (~80 MB of WAL) rather than SQLite's 1,000: a page rewritten by many answers is
         // copied back once per checkpoint — SQLite's thread spent ~20 % less at 500
-        // streams (paired runs: 6.4–7.0 % of a core against 7.4–8.8 %).
+        // streams (5 paired runs: 6.0–7.0 % of a core against 7.4–9.8 %).
         .map_sqlx_sqlite_opts(|o| {
             o.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)

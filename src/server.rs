@@ -64,44 +64,7 @@ pub async fn run_per_thread(
         let closed = closed_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("chatgate-{index}"))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start an event loop");
-                        return;
-                    }
-                };
-                crate::upstream::set_thread_slot(index);
-                runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot use a listening socket");
-                            return;
-                        }
-                    };
-                    let graceful = GracefulShutdown::new();
-                    accept_loop(
-                        listener,
-                        &app,
-                        &connections,
-                        &graceful,
-                        stop_accepting.cancelled(),
-                    )
-                    .await;
-                    tokio::spawn(async move {
-                        graceful.shutdown().await;
-                        let _ = closed.send(()).await;
-                    });
-                    // The answers and connections of this thread run until the gateway
-                    // has stored every answer.
-                    app.shutdown.cancelled().await;
-                });
-            });
+            .spawn(move || event_loop(index, listener, app, connections, stop_accepting, closed));
         match thread {
             Ok(thread) => threads.push(thread),
             Err(e) => tracing::error!(error = %e, "cannot start an event loop thread"),
@@ -118,6 +81,49 @@ pub async fn run_per_thread(
         }
     })
     .await;
+}
+
+/// One thread of [`run_per_thread`]: its own single-threaded runtime accepts on
+/// `listener` until `stop_accepting`, reports on `closed` once its connections are done,
+/// and keeps running its answers and connections until the gateway stops.
+fn event_loop(
+    index: usize,
+    listener: std::net::TcpListener,
+    app: Arc<App>,
+    connections: Arc<Semaphore>,
+    stop_accepting: tokio_util::sync::CancellationToken,
+    closed: tokio::sync::mpsc::Sender<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start an event loop");
+            return;
+        }
+    };
+    crate::upstream::set_thread_slot(index);
+    runtime.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot use a listening socket");
+                return;
+            }
+        };
+        let graceful = GracefulShutdown::new();
+        let stop = stop_accepting.cancelled();
+        accept_loop(listener, &app, &connections, &graceful, stop).await;
+        tokio::spawn(async move {
+            graceful.shutdown().await;
+            let _ = closed.send(()).await;
+        });
+        // The answers and connections of this thread run until the gateway has stored
+        // every answer.
+        app.shutdown.cancelled().await;
+    });
 }
 
 /// Listening sockets for [`run_per_thread`]: `count` sockets on `addr` (the first one

@@ -193,15 +193,7 @@ async fn a_dropped_client_does_not_stop_the_answer_and_can_resume_exactly() {
     let body = json!({"message": message}).to_string();
 
     // Mini-program: read a few frames, hang up mid-answer.
-    let mut client = RawClient::send(
-        gw.addr,
-        "POST",
-        "/api/chat?client=mp",
-        Some(&token),
-        &[],
-        body.as_bytes(),
-    )
-    .await;
+    let mut client = gw.open_chat(&token, &body, true).await;
     let id = client.header("x-message-id").unwrap();
     let got = read_mp_until(&mut client, 5).await;
     drop(client);
@@ -262,15 +254,7 @@ async fn a_dropped_client_does_not_stop_the_answer_and_can_resume_exactly() {
     }
 
     // SSE: drop after the first bytes too.
-    let mut client = RawClient::send(
-        gw.addr,
-        "POST",
-        "/api/chat",
-        Some(&token),
-        &[],
-        body.as_bytes(),
-    )
-    .await;
+    let mut client = gw.open_chat(&token, &body, false).await;
     let id = client.header("x-message-id").unwrap();
     client.next_chunk().await.unwrap();
     drop(client);
@@ -305,15 +289,7 @@ async fn stop_ends_the_answer_and_keeps_what_was_produced() {
     .await;
     let token = gw.register("carol").await;
     let body = json!({"message": "go"}).to_string();
-    let mut client = RawClient::send(
-        gw.addr,
-        "POST",
-        "/api/chat?client=mp",
-        Some(&token),
-        &[],
-        body.as_bytes(),
-    )
-    .await;
+    let mut client = gw.open_chat(&token, &body, true).await;
     let id = client.header("x-message-id").unwrap();
     read_mp_until(&mut client, 4).await;
     let (status, stopped) = gw
@@ -796,15 +772,7 @@ async fn shutdown_lets_open_answers_finish_and_be_stored() {
     .await;
     let token = gw.register("liam").await;
     let body = json!({"message": "long"}).to_string();
-    let mut client = RawClient::send(
-        gw.addr,
-        "POST",
-        "/api/chat?client=mp",
-        Some(&token),
-        &[],
-        body.as_bytes(),
-    )
-    .await;
+    let mut client = gw.open_chat(&token, &body, true).await;
     let id = client.header("x-message-id").unwrap();
     read_mp_until(&mut client, 2).await;
     let app = std::sync::Arc::clone(&gw.app);
@@ -837,15 +805,7 @@ async fn a_stop_sent_to_another_replica_ends_a_silent_answer() {
     let token = a.register("two-replicas").await;
     let body = json!({"message": "think hard"}).to_string();
     // The answer runs on replica A; the upstream says nothing for 30 s.
-    let client = RawClient::send(
-        a.addr,
-        "POST",
-        "/api/chat",
-        Some(&token),
-        &[],
-        body.as_bytes(),
-    )
-    .await;
+    let client = a.open_chat(&token, &body, false).await;
     let id = client.header("x-message-id").unwrap();
     let (status, _) = b
         .json(
@@ -1051,15 +1011,7 @@ async fn event_loop_threads_each_serve_their_connections_and_drain_on_shutdown()
     // Shutdown while an answer streams: it finishes, complete, and is stored.
     let question = "finish me";
     let body = json!({ "message": question }).to_string();
-    let mut client = RawClient::send(
-        gw.addr,
-        "POST",
-        "/api/chat?client=mp",
-        Some(&token),
-        &[],
-        body.as_bytes(),
-    )
-    .await;
+    let mut client = gw.open_chat(&token, &body, true).await;
     let id = client.header("x-message-id").unwrap().to_string();
     let first = client.next_chunk().await.unwrap();
     let app = Arc::clone(&gw.app);

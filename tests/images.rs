@@ -183,15 +183,7 @@ async fn an_image_takes_a_place_among_the_open_upstream_streams() {
     let gw = painting_gateway(&mock, |c| c.limits.upstream_concurrent_streams = 1).await;
     let (token, _) = gw.register_with("busy-painter", 200_000).await;
     let body = json!({"message": "long"}).to_string();
-    let mut answer = common::RawClient::send(
-        gw.addr,
-        "POST",
-        "/api/chat?client=mp",
-        Some(&token),
-        &[],
-        body.as_bytes(),
-    )
-    .await;
+    let mut answer = gw.open_chat(&token, &body, true).await;
     answer.next_chunk().await.unwrap();
     let (status, refused) = gw
         .json(

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chatgate::config::Channel;
 use chatgate::mock_upstream::{MockConfig, MockUpstream};
-use common::{Gateway, RawClient, parse_mp};
+use common::{Gateway, parse_mp};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -86,15 +86,7 @@ async fn chats_per_minute_and_open_answers_are_limited_per_user() {
     let body = json!({"message": "hi"}).to_string();
     let mut open = Vec::new();
     for _ in 0..2 {
-        let mut c = RawClient::send(
-            gw.addr,
-            "POST",
-            "/api/chat?client=mp",
-            Some(&token),
-            &[],
-            body.as_bytes(),
-        )
-        .await;
+        let mut c = gw.open_chat(&token, &body, true).await;
         c.next_chunk().await.unwrap();
         open.push(c.header("x-message-id").unwrap());
     }

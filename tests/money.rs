@@ -490,15 +490,7 @@ async fn stop_bills_what_was_produced_and_failures_bill_nothing() {
         let gw = Gateway::start_on(url, |c| priced(c, &mock)).await;
         let (token, _) = gw.register_with("stopper", 1_000).await;
         let body = json!({"message": "go"}).to_string();
-        let mut client = RawClient::send(
-            gw.addr,
-            "POST",
-            "/api/chat?client=mp",
-            Some(&token),
-            &[],
-            body.as_bytes(),
-        )
-        .await;
+        let mut client = gw.open_chat(&token, &body, true).await;
         let id = client.header("x-message-id").unwrap();
         client.next_chunk().await.unwrap();
         let (_, stopped) = gw

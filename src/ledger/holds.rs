@@ -72,9 +72,9 @@ fn prompt_with_margin(prompt_tokens: u64) -> u64 {
 /// On SQLite the common case — a free message left, or a balance that pays the worst
 /// case — is one script ([`crate::db::sqlite_transaction`]); anything else (a shorter
 /// answer, a refusal) falls to the general path, a transaction of its own.
-pub async fn take(db: &DatabaseConnection, mut req: Request<'_>) -> Result<Grant, AppError> {
+pub async fn take(db: &DatabaseConnection, req: Request<'_>) -> Result<Grant, AppError> {
     if db.get_database_backend() == DbBackend::Sqlite
-        && let Some(grant) = take_in_one_script(db, &mut req).await?
+        && let Some(grant) = take_in_one_script(db, &req).await?
     {
         return Ok(grant);
     }
@@ -90,7 +90,7 @@ pub async fn take(db: &DatabaseConnection, mut req: Request<'_>) -> Result<Grant
 /// `None`: neither passed, nothing written.
 async fn take_in_one_script(
     db: &DatabaseConnection,
-    req: &mut Request<'_>,
+    req: &Request<'_>,
 ) -> Result<Option<Grant>, AppError> {
     let backend = DbBackend::Sqlite;
     let id = store::new_id();

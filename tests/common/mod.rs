@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chatgate::app::App;
 use chatgate::config::Config;
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -108,55 +109,71 @@ impl Gateway {
         database_url: Option<String>,
         change: impl FnOnce(&mut Config),
     ) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(&dir);
-        if let Some(url) = database_url {
-            config.database_url = url;
-        }
-        change(&mut config);
-        let app = App::new(config).await.expect("gateway starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel();
-        let server = tokio::spawn(chatgate::server::run(listener, Arc::clone(&app), async {
-            let _ = rx.await;
-        }));
-        Gateway {
-            addr,
-            app,
-            stop: Some(tx),
-            server: Some(server),
-            _dir: dir,
-        }
+        Self::serve(
+            |config| {
+                if let Some(url) = database_url {
+                    config.database_url = url;
+                }
+                change(config);
+            },
+            |app, stop| async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                (
+                    addr,
+                    tokio::spawn(chatgate::server::run(listener, app, stop)),
+                )
+            },
+        )
+        .await
     }
 
     /// Starts a gateway served as the binary serves it: `threads` event-loop threads,
     /// each with its own runtime and listening socket.
     pub async fn start_threads(threads: usize, change: impl FnOnce(&mut Config)) -> Gateway {
+        Self::serve(
+            |config| {
+                config.threads = threads;
+                change(config);
+            },
+            |app, stop| async move {
+                let listeners =
+                    chatgate::server::bind_per_thread("127.0.0.1:0".parse().unwrap(), threads)
+                        .unwrap();
+                assert_eq!(listeners.len(), threads);
+                let addr = listeners[0].local_addr().unwrap();
+                for l in &listeners {
+                    assert_eq!(
+                        l.local_addr().unwrap(),
+                        addr,
+                        "all threads listen on one port"
+                    );
+                }
+                let server = chatgate::server::run_per_thread(listeners, app, stop);
+                (addr, tokio::spawn(server))
+            },
+        )
+        .await
+    }
+
+    /// The test config changed by `change`, an app on it, and the server `start` starts
+    /// (its address and task) until [`Gateway::shutdown`].
+    async fn serve<F>(
+        change: impl FnOnce(&mut Config),
+        start: impl FnOnce(Arc<App>, BoxFuture<'static, ()>) -> F,
+    ) -> Gateway
+    where
+        F: std::future::Future<Output = (std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
+    {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(&dir);
-        config.threads = threads;
         change(&mut config);
         let app = App::new(config).await.expect("gateway starts");
-        let listeners =
-            chatgate::server::bind_per_thread("127.0.0.1:0".parse().unwrap(), threads).unwrap();
-        assert_eq!(listeners.len(), threads);
-        let addr = listeners[0].local_addr().unwrap();
-        for l in &listeners {
-            assert_eq!(
-                l.local_addr().unwrap(),
-                addr,
-                "all threads listen on one port"
-            );
-        }
-        let (tx, rx) = oneshot::channel();
-        let server = tokio::spawn(chatgate::server::run_per_thread(
-            listeners,
-            Arc::clone(&app),
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let (tx, rx) = oneshot::channel::<()>();
+        let stop = Box::pin(async {
+            let _ = rx.await;
+        });
+        let (addr, server) = start(Arc::clone(&app), stop).await;
         Gateway {
             addr,
             app,
@@ -254,13 +271,21 @@ impl Gateway {
     }
 
     pub async fn chat(&self, token: &str, body: &Value, mp: bool) -> RawResponse {
+        self.open_chat(token, &body.to_string(), mp)
+            .await
+            .read_all()
+            .await
+    }
+
+    /// Starts a chat (`body`: the request's JSON) and returns the client with the
+    /// response head read and the stream left to read.
+    pub async fn open_chat(&self, token: &str, body: &str, mp: bool) -> RawClient {
         let path = if mp {
             "/api/chat?client=mp"
         } else {
             "/api/chat"
         };
-        self.raw("POST", path, Some(token), &[], body.to_string().as_bytes())
-            .await
+        RawClient::send(self.addr, "POST", path, Some(token), &[], body.as_bytes()).await
     }
 
     /// Rows in the messages table (to check that refused requests store nothing).
