@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
+mod writer;
+pub use writer::Counts as SqliteWriteCounts;
+
 use entity::setting;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend,
-    DbErr, EntityTrait, QueryResult, RuntimeErr, Statement,
+    DbErr, EntityTrait, QueryResult, Statement,
 };
 
 /// Connections to a SQLite file. Each has its own thread; one writer at a time anyway.
@@ -123,57 +126,45 @@ pub fn sqlite_require(condition: &str, values: Vec<sea_orm::Value>) -> Statement
     )
 }
 
-/// On SQLite only: runs `statements` as ONE script inside `BEGIN IMMEDIATE … COMMIT` — a
-/// whole transaction for one hand-off to the connection's thread (a transaction through
-/// sea-orm costs one for BEGIN, one per statement and one for COMMIT; on SQLite those
-/// hand-offs, not the statements, are most of the cost). Returns the rows of the statements
-/// that return rows, in order, or `None` when a [`sqlite_require`] in the script found its
-/// condition false: then nothing was written, and the caller takes its general path. On
-/// any failure the transaction is rolled back on the same connection before it goes back
-/// to the pool. `None` too when `db` is not SQLite.
+/// On SQLite only: runs `statements` as ONE script inside a transaction of its own — one
+/// hand-off to the connection's thread (a transaction through sea-orm costs one for BEGIN,
+/// one per statement and one for COMMIT; on SQLite those hand-offs, not the statements,
+/// are most of the cost) — or, when other scripts wait at the same time, in a savepoint of
+/// a transaction they share (a group commit, see [`writer`]: pages changed by all are
+/// written once). Returns the rows of the statements that return rows, in order, or `None`
+/// when a [`sqlite_require`] in the script found its condition false: then nothing of the
+/// script was written, and the caller takes its general path. On any failure the script's
+/// writes are rolled back before anything else runs on the connection. `None` too when
+/// `db` is not SQLite.
 pub async fn sqlite_transaction(
     db: &DatabaseConnection,
     statements: Vec<Statement>,
 ) -> Result<Option<Vec<QueryResult>>, DbErr> {
-    use sea_orm::sqlx::{self, AssertSqlSafe};
     if db.get_database_backend() != DbBackend::Sqlite {
         return Ok(None);
     }
-    let mut sql = String::from("BEGIN IMMEDIATE");
+    let mut sql = String::new();
     let mut values = Vec::new();
     for statement in statements {
-        sql.push_str(";\n");
+        if !sql.is_empty() {
+            sql.push_str(";\n");
+        }
         sql.push_str(&statement.sql);
         values.extend(statement.values.into_iter().flat_map(|v| v.0));
     }
-    sql.push_str(";\nCOMMIT");
     // This build has only sqlx's drivers: a SQLite `DatabaseConnection` is its pool.
-    let pool = db.get_sqlite_connection_pool();
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e.into())))?;
-    let result = sqlx::query_with(
-        AssertSqlSafe(sql.as_str()),
-        sea_query_sqlx::SqlxValues(sea_orm::Values(values)),
+    writer::run(
+        db.get_sqlite_connection_pool(),
+        writer::Script { sql, values },
     )
-    .fetch_all(&mut *conn)
-    .await;
-    match result {
-        Ok(rows) => Ok(Some(rows.into_iter().map(QueryResult::from).collect())),
-        Err(error) => {
-            // The script stopped inside its transaction (or at COMMIT): end it here, on
-            // this connection, before anyone else is handed the connection.
-            if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await
-                && !e.to_string().contains("no transaction is active")
-            {
-                tracing::error!(error = %e, "rolling back a SQLite script failed; closing its connection");
-                conn.close_on_drop();
-            }
-            match &error {
-                sqlx::Error::Database(e) if e.message() == DECLINED => Ok(None),
-                _ => Err(DbErr::Query(RuntimeErr::SqlxError(error.into()))),
-            }
-        }
+    .await
+}
+
+/// How many [`sqlite_transaction`] scripts have run on `db` and in how many transactions
+/// (fewer when they were committed in groups); zero when `db` is not SQLite.
+pub fn sqlite_write_counts(db: &DatabaseConnection) -> SqliteWriteCounts {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return SqliteWriteCounts::default();
     }
+    writer::counts(db.get_sqlite_connection_pool())
 }

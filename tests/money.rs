@@ -743,3 +743,146 @@ async fn a_sqlite_script_commits_whole_or_not_at_all() {
     txn.commit().await.unwrap();
     assert_eq!(balance().await, 899);
 }
+
+/// SQLite's group commit: scripts that wait at the same time share one transaction, each
+/// in its own savepoint, and each ends as it would alone — in order, seeing the writes
+/// of those before it; a declined or failing one leaves the others' writes in place.
+#[tokio::test]
+async fn sqlite_scripts_waiting_together_share_a_transaction_and_end_as_alone() {
+    use chatgate::db::{sqlite_require, sqlite_transaction, sqlite_write_counts};
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+
+    let gw = Gateway::start(|_| {}).await;
+    let db = &gw.app.db;
+    let (_, user_id) = gw.register_with("group", 1_000).await;
+    let balance_query = || {
+        Statement::from_string(
+            DbBackend::Sqlite,
+            format!("SELECT balance_micros AS b FROM users WHERE id = {user_id}"),
+        )
+    };
+    // Spends `micros` if the balance has them, else declines; returns the balance.
+    let spend = |micros: i64| {
+        vec![
+            Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                "UPDATE users SET balance_micros = balance_micros - ? \
+                 WHERE id = ? AND balance_micros >= ?",
+                [micros.into(), user_id.into(), micros.into()],
+            ),
+            sqlite_require("changes() = 1", Vec::new()),
+            balance_query(),
+        ]
+    };
+    let mut failing = spend(100);
+    failing.insert(
+        1,
+        Statement::from_string(DbBackend::Sqlite, "INSERT INTO no_such_table VALUES (1)"),
+    );
+
+    let before = sqlite_write_counts(db);
+    let outcomes = futures_util::future::join_all([
+        sqlite_transaction(db, spend(400)),
+        sqlite_transaction(db, spend(400)),
+        sqlite_transaction(db, spend(400)),
+        sqlite_transaction(db, failing),
+        sqlite_transaction(db, spend(200)),
+    ])
+    .await;
+    let after = sqlite_write_counts(db);
+    assert_eq!(after.scripts - before.scripts, 5);
+    assert_eq!(
+        after.transactions - before.transactions,
+        1,
+        "the five scripts waited together and went in one transaction"
+    );
+
+    let balance_of = |rows: &[sea_orm::QueryResult]| rows[0].try_get::<i64>("", "b").unwrap();
+    let mut outcomes = outcomes.into_iter();
+    let first = outcomes.next().unwrap().unwrap().expect("600 left");
+    assert_eq!(balance_of(&first), 600);
+    let second = outcomes.next().unwrap().unwrap().expect("200 left");
+    assert_eq!(balance_of(&second), 200);
+    assert!(
+        outcomes.next().unwrap().unwrap().is_none(),
+        "400 more than the balance: declined"
+    );
+    assert!(
+        outcomes.next().unwrap().is_err(),
+        "a failing statement is an error"
+    );
+    let last = outcomes.next().unwrap().unwrap().expect("the last 200");
+    assert_eq!(
+        balance_of(&last),
+        0,
+        "the declined and the failed spent nothing"
+    );
+
+    // No transaction was left open: one can begin and commit as usual.
+    let txn = db.begin().await.unwrap();
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        "UPDATE users SET balance_micros = 7 WHERE id = ?",
+        [user_id.into()],
+    ))
+    .await
+    .unwrap();
+    txn.commit().await.unwrap();
+    let rows = sqlite_transaction(db, vec![balance_query()])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(balance_of(&rows), 7);
+}
+
+/// A caller that goes away while its script waits or runs (a client hanging up during its
+/// hold) leaves no transaction half done: the script still ends whole, and the next
+/// scripts run.
+#[tokio::test]
+async fn a_sqlite_script_whose_caller_left_still_ends_whole() {
+    use chatgate::db::sqlite_transaction;
+    use sea_orm::{DbBackend, Statement};
+
+    let gw = Gateway::start(|_| {}).await;
+    let db = &gw.app.db;
+    let (_, user_id) = gw.register_with("left", 1_000).await;
+    let spend = |micros: i64| {
+        vec![
+            Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                "UPDATE users SET balance_micros = balance_micros - ? WHERE id = ?",
+                [micros.into(), user_id.into()],
+            ),
+            Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                "UPDATE users SET balance_micros = balance_micros - ? WHERE id = ?",
+                [micros.into(), user_id.into()],
+            ),
+        ]
+    };
+    for _ in 0..3 {
+        // Polled once (queued, its writer started), then dropped.
+        let mut abandoned = Box::pin(sqlite_transaction(db, spend(50)));
+        let waiting = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(abandoned.as_mut().poll(cx).is_pending())
+        })
+        .await;
+        assert!(waiting, "the script had not run before its caller left");
+        drop(abandoned);
+    }
+    let rows = sqlite_transaction(
+        db,
+        vec![Statement::from_string(
+            DbBackend::Sqlite,
+            format!("SELECT balance_micros AS b FROM users WHERE id = {user_id}"),
+        )],
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        rows[0].try_get::<i64>("", "b").unwrap(),
+        700,
+        "each abandoned script ran whole (2 × 50 each), none half"
+    );
+}
