@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,16 +46,18 @@ pub enum Ending {
     Failed { error: AppError, before_open: bool },
 }
 
-/// One upstream event as it was received, and the answer text it added.
-struct Piece {
-    /// Empty once no reader can still relay it (and for pieces mirrored from the database).
-    raw: Bytes,
-    text: Range<usize>,
-}
-
+/// The answer so far. A piece is what one upstream event added: its text, and the event
+/// as it was received while a reader may still relay it. Per piece only its end (8
+/// bytes) is kept beyond the text itself: an open stream's memory grows by little more
+/// than its text.
 struct Live {
     content: String,
-    pieces: Vec<Piece>,
+    /// Where each piece ends in `content`; it starts where the one before it ends.
+    ends: Vec<usize>,
+    /// The upstream events of pieces `raw_from..` while `keep_raw` (an empty one for a
+    /// piece mirrored from the database); let go once the only raw reader relayed them.
+    raws: Vec<Bytes>,
+    raw_from: usize,
     phase: Phase,
     /// Readers relaying the upstream's own events (SSE from the start of the answer).
     raw_readers: usize,
@@ -88,9 +89,32 @@ impl Live {
     /// No reader relays upstream events any more: keep only the text.
     fn forget_raw(&mut self) {
         self.keep_raw = false;
-        for piece in &mut self.pieces {
-            piece.raw = Bytes::new();
+        self.raws = Vec::new();
+        self.raw_from = self.ends.len();
+    }
+
+    /// Keeps upstream events from the next piece on.
+    fn start_keeping_raw(&mut self) {
+        if !self.keep_raw {
+            self.keep_raw = true;
+            self.raws.clear();
+            self.raw_from = self.ends.len();
         }
+    }
+
+    /// The text of piece `i`.
+    fn text(&self, i: usize) -> &str {
+        let start = match i.checked_sub(1) {
+            Some(before) => self.ends[before],
+            None => 0,
+        };
+        &self.content[start..self.ends[i]]
+    }
+
+    /// The upstream event of piece `i`, if it is still kept.
+    fn raw(&self, i: usize) -> Option<&Bytes> {
+        let kept = self.raws.get(i.checked_sub(self.raw_from)?)?;
+        (!kept.is_empty()).then_some(kept)
     }
 }
 
@@ -144,7 +168,9 @@ impl Answer {
             user_id,
             live: Mutex::new(Live {
                 content: String::new(),
-                pieces: Vec::new(),
+                ends: Vec::new(),
+                raws: Vec::new(),
+                raw_from: 0,
                 phase: Phase::Opening,
                 raw_readers: 0,
                 keep_raw: true,
@@ -189,14 +215,12 @@ impl Answer {
     /// Appends one upstream event and the text it carries, and wakes the readers.
     pub fn push(&self, raw: Bytes, text: &str) {
         let mut live = self.live();
-        let start = live.content.len();
         live.content.push_str(text);
         let end = live.content.len();
-        let raw = if live.keep_raw { raw } else { Bytes::new() };
-        live.pieces.push(Piece {
-            raw,
-            text: start..end,
-        });
+        live.ends.push(end);
+        if live.keep_raw {
+            live.raws.push(raw);
+        }
         live.wake_all();
     }
 
@@ -263,7 +287,7 @@ impl Answer {
             live.readers += 1;
             if relays_raw {
                 live.raw_readers += 1;
-                live.keep_raw = true;
+                live.start_keeping_raw();
             } else if live.raw_readers == 0 {
                 live.forget_raw();
             }
@@ -403,30 +427,29 @@ impl Reader {
                     Framing::Sse => frame_sse::write_content(out, rest),
                 }
             }
-            self.next_piece = live.pieces.len();
+            self.next_piece = live.ends.len();
         }
-        for piece in &mut live.pieces[self.next_piece..] {
-            match self.framing {
-                Framing::MiniProgram => {
-                    if !piece.text.is_empty() {
-                        frame_mp::write_content(out, &live.content[piece.text.clone()]);
-                    }
-                }
-                // Pieces mirrored from the database carry no upstream event.
-                Framing::Sse if piece.raw.is_empty() => {
-                    if !piece.text.is_empty() {
-                        frame_sse::write_content(out, &live.content[piece.text.clone()]);
-                    }
-                }
-                Framing::Sse => {
-                    frame_sse::write_event(out, &piece.raw);
-                    if take_raw {
-                        piece.raw = Bytes::new();
+        for i in self.next_piece..live.ends.len() {
+            match (self.framing, live.raw(i)) {
+                (Framing::Sse, Some(raw)) => frame_sse::write_event(out, raw),
+                // Mini-program framing, and pieces that carry no upstream event (mirrored
+                // from the database, or from before this reader asked for them).
+                (framing, _) => {
+                    let text = live.text(i);
+                    if !text.is_empty() {
+                        match framing {
+                            Framing::MiniProgram => frame_mp::write_content(out, text),
+                            Framing::Sse => frame_sse::write_content(out, text),
+                        }
                     }
                 }
             }
         }
-        self.next_piece = live.pieces.len();
+        self.next_piece = live.ends.len();
+        if take_raw {
+            live.raws.clear();
+            live.raw_from = live.ends.len();
+        }
         let Phase::Ended(ending) = &live.phase else {
             if out.is_empty() {
                 live.wait(cx);
@@ -604,6 +627,54 @@ mod tests {
         );
         assert!(text.ends_with("data: [DONE]\n\n"));
         assert!(first.next_chunk().await.is_none());
+    }
+
+    /// Upstream events are kept only while a reader may relay them: an SSE reader from
+    /// the start gets them as received, frames as text what was let go, and with a second
+    /// raw reader both get every event until one leaves.
+    #[tokio::test]
+    async fn raw_events_are_kept_only_while_a_reader_can_relay_them() {
+        let answer = Answer::new("m".into(), "c".into(), 1);
+        let heartbeat = Duration::from_secs(60);
+        answer.set_streaming();
+        answer.push(Bytes::from_static(b"{\"a\":1}"), "a");
+        let mut mp = answer.reader(Framing::MiniProgram, None, heartbeat);
+        assert!(answer.live().raws.is_empty(), "no raw reader: events let go");
+        answer.push(Bytes::from_static(b"{\"a\":2}"), "b");
+        assert!(answer.live().raws.is_empty(), "nor kept from then on");
+
+        let mut sse = answer.reader(Framing::Sse, None, heartbeat);
+        answer.push(Bytes::from_static(b"{\"a\":3}"), "c");
+        let chunk = sse.next_chunk().await.unwrap();
+        let mut expected = BytesMut::new();
+        frame_sse::write_content(&mut expected, "a");
+        frame_sse::write_content(&mut expected, "b");
+        expected.extend_from_slice(b"data: {\"a\":3}\n\n");
+        assert_eq!(
+            chunk, expected,
+            "pieces from before it asked are framed from their text"
+        );
+        assert!(
+            answer.live().raws.is_empty(),
+            "the only raw reader lets go of what it relayed"
+        );
+
+        let mut second = answer.reader(Framing::Sse, None, heartbeat);
+        answer.push(Bytes::from_static(b"{\"a\":4}"), "d");
+        let chunk = sse.next_chunk().await.unwrap();
+        assert_eq!(&chunk[..], b"data: {\"a\":4}\n\n");
+        let chunk = second.next_chunk().await.unwrap();
+        assert!(
+            chunk.ends_with(b"data: {\"a\":4}\n\n"),
+            "a second raw reader still gets the event the first relayed"
+        );
+        let chunk = mp.next_chunk().await.unwrap();
+        assert_eq!(
+            &chunk[..],
+            "success: {\"content\":\"a\"}\r\nsuccess: {\"content\":\"b\"}\r\n\
+             success: {\"content\":\"c\"}\r\nsuccess: {\"content\":\"d\"}\r\n"
+                .as_bytes()
+        );
     }
 
     #[tokio::test]
