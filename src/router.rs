@@ -1,6 +1,8 @@
 //! Method + path → handler, in one table; and what every response gets on its way
 //! out (request id, CORS).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::header::{
@@ -19,6 +21,9 @@ use crate::error::AppError;
 use crate::limits;
 use crate::response::{self, Body};
 use crate::server::{ClientAddr, ClientIp};
+
+/// A route's future, on the heap.
+type Routed<'a> = Pin<Box<dyn Future<Output = Result<Response<Body>, AppError>> + Send + 'a>>;
 
 /// Handles one request: routes it and decorates the response.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
@@ -68,64 +73,118 @@ async fn route(
     if counted && let Err(err) = app.limiter.check_ip(ip).await {
         return refuse(&req, &segments, &err);
     }
-    let result = match (method, segments.as_slice()) {
-        (&Method::OPTIONS, _) => Ok(preflight()),
-        (&Method::GET, ["healthz"]) => Ok(response::with_content_type(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            response::full("ok"),
-        )),
-        (&Method::POST, ["api", "auth", "register"]) => auth::register(app, req).await,
-        (&Method::POST, ["api", "auth", "login"]) => auth::login(app, req).await,
-        (&Method::POST, ["api", "auth", "guest"]) => auth::guest(app, req).await,
-        (&Method::POST, ["api", "auth", "wechat"]) => crate::auth::wechat::login(app, req).await,
-        (&Method::GET, ["api", "me"]) => auth::me(app, req).await,
-        (&Method::POST, ["api", "redeem"]) => auth::redeem(app, req).await,
-        (&Method::POST, ["api", "chat"]) => Ok(chat::chat(app, req).await),
-        (&Method::GET, ["api", "messages", id]) => chat::get_message(app, req, id).await,
+    // Each route's future is boxed on its own: the request's future is then the size of
+    // its own route's, not of the largest of all (they differ by kilobytes, and a chat
+    // waiting for its hold keeps its future through the wait).
+    let routed: Routed<'_> = match (method, segments.as_slice()) {
+        (&Method::OPTIONS, _) => Box::pin(async move { Ok(preflight()) }),
+        (&Method::GET, ["healthz"]) => Box::pin(async move {
+            Ok(response::with_content_type(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                response::full("ok"),
+            ))
+        }),
+        (&Method::POST, ["api", "auth", "register"]) => {
+            Box::pin(async move { auth::register(app, req).await })
+        }
+        (&Method::POST, ["api", "auth", "login"]) => {
+            Box::pin(async move { auth::login(app, req).await })
+        }
+        (&Method::POST, ["api", "auth", "guest"]) => {
+            Box::pin(async move { auth::guest(app, req).await })
+        }
+        (&Method::POST, ["api", "auth", "wechat"]) => {
+            Box::pin(async move { crate::auth::wechat::login(app, req).await })
+        }
+        (&Method::GET, ["api", "me"]) => Box::pin(async move { auth::me(app, req).await }),
+        (&Method::POST, ["api", "redeem"]) => Box::pin(async move { auth::redeem(app, req).await }),
+        (&Method::POST, ["api", "chat"]) => Box::pin(async move { Ok(chat::chat(app, req).await) }),
+        (&Method::GET, ["api", "messages", id]) => {
+            Box::pin(async move { chat::get_message(app, req, id).await })
+        }
         (&Method::GET, ["api", "messages", id, "stream"]) => {
-            Ok(chat::stream_message(app, req, id).await)
+            Box::pin(async move { Ok(chat::stream_message(app, req, id).await) })
         }
-        (&Method::POST, ["api", "messages", id, "stop"]) => chat::stop_message(app, req, id).await,
-        (&Method::GET, ["api", "conversations"]) => chat::list_conversations(app, req).await,
-        (&Method::GET, ["api", "conversations", id]) => chat::get_conversation(app, req, id).await,
+        (&Method::POST, ["api", "messages", id, "stop"]) => {
+            Box::pin(async move { chat::stop_message(app, req, id).await })
+        }
+        (&Method::GET, ["api", "conversations"]) => {
+            Box::pin(async move { chat::list_conversations(app, req).await })
+        }
+        (&Method::GET, ["api", "conversations", id]) => {
+            Box::pin(async move { chat::get_conversation(app, req, id).await })
+        }
         (&Method::DELETE, ["api", "conversations", id]) => {
-            chat::delete_conversation(app, req, id).await
+            Box::pin(async move { chat::delete_conversation(app, req, id).await })
         }
-        (&Method::GET, ["api", "pay", "packages"]) => crate::pay::handlers::packages(app).await,
+        (&Method::GET, ["api", "pay", "packages"]) => {
+            Box::pin(async move { crate::pay::handlers::packages(app).await })
+        }
         (&Method::POST, ["api", "pay", "orders"]) => {
-            crate::pay::handlers::create_order(app, req).await
+            Box::pin(async move { crate::pay::handlers::create_order(app, req).await })
         }
         (&Method::GET, ["api", "pay", "orders", id]) => {
-            crate::pay::handlers::get_order(app, req, id).await
+            Box::pin(async move { crate::pay::handlers::get_order(app, req, id).await })
         }
         (&Method::POST, ["pay", "wechat", "notify"]) => {
-            Ok(crate::pay::handlers::notify(app, req).await)
+            Box::pin(async move { Ok(crate::pay::handlers::notify(app, req).await) })
         }
-        (&Method::POST, ["api", "images"]) => crate::images::generate(app, req).await,
-        (&Method::GET, ["files", name]) => crate::images::serve(app, name).await,
-        (&Method::POST, ["api", "keys"]) => crate::auth::api_keys::create(app, req).await,
-        (&Method::GET, ["api", "keys"]) => crate::auth::api_keys::list(app, req).await,
-        (&Method::DELETE, ["api", "keys", id]) => crate::auth::api_keys::revoke(app, req, id).await,
-        (&Method::GET, ["v1", "models"]) => Ok(crate::openai_api::models(app, req).await),
+        (&Method::POST, ["api", "images"]) => {
+            Box::pin(async move { crate::images::generate(app, req).await })
+        }
+        (&Method::GET, ["files", name]) => {
+            Box::pin(async move { crate::images::serve(app, name).await })
+        }
+        (&Method::POST, ["api", "keys"]) => {
+            Box::pin(async move { crate::auth::api_keys::create(app, req).await })
+        }
+        (&Method::GET, ["api", "keys"]) => {
+            Box::pin(async move { crate::auth::api_keys::list(app, req).await })
+        }
+        (&Method::DELETE, ["api", "keys", id]) => {
+            Box::pin(async move { crate::auth::api_keys::revoke(app, req, id).await })
+        }
+        (&Method::GET, ["v1", "models"]) => {
+            Box::pin(async move { Ok(crate::openai_api::models(app, req).await) })
+        }
         (&Method::POST, ["v1", "chat", "completions"]) => {
-            Ok(crate::openai_api::chat_completions(app, req).await)
+            Box::pin(async move { Ok(crate::openai_api::chat_completions(app, req).await) })
         }
-        (&Method::POST, ["admin", "users", id, "credit"]) => admin::credit(app, req, id).await,
-        (&Method::GET, ["admin", "users", id]) => admin::user(app, req, id).await,
-        (&Method::POST, ["admin", "redeem-codes"]) => admin::mint_codes(app, req).await,
-        (&Method::GET, ["admin", "check"]) => admin::check(app, req).await,
-        (&Method::GET, ["admin", "channels"]) => admin::channels(app, req).await,
-        (&Method::GET, ["wechat", "oa"]) => crate::wechat_oa::verify(app, req).await,
-        (&Method::POST, ["wechat", "oa"]) => crate::wechat_oa::receive(app, req).await,
-        (&Method::GET, ["a", "h", token]) => crate::wechat_oa::page::history(app, token).await,
-        (&Method::GET, ["a", token]) => crate::wechat_oa::page::answer(app, token).await,
-        (&Method::GET, ["metrics"]) => crate::metrics::render(app, req).await,
+        (&Method::POST, ["admin", "users", id, "credit"]) => {
+            Box::pin(async move { admin::credit(app, req, id).await })
+        }
+        (&Method::GET, ["admin", "users", id]) => {
+            Box::pin(async move { admin::user(app, req, id).await })
+        }
+        (&Method::POST, ["admin", "redeem-codes"]) => {
+            Box::pin(async move { admin::mint_codes(app, req).await })
+        }
+        (&Method::GET, ["admin", "check"]) => Box::pin(async move { admin::check(app, req).await }),
+        (&Method::GET, ["admin", "channels"]) => {
+            Box::pin(async move { admin::channels(app, req).await })
+        }
+        (&Method::GET, ["wechat", "oa"]) => {
+            Box::pin(async move { crate::wechat_oa::verify(app, req).await })
+        }
+        (&Method::POST, ["wechat", "oa"]) => {
+            Box::pin(async move { crate::wechat_oa::receive(app, req).await })
+        }
+        (&Method::GET, ["a", "h", token]) => {
+            Box::pin(async move { crate::wechat_oa::page::history(app, token).await })
+        }
+        (&Method::GET, ["a", token]) => {
+            Box::pin(async move { crate::wechat_oa::page::answer(app, token).await })
+        }
+        (&Method::GET, ["metrics"]) => {
+            Box::pin(async move { crate::metrics::render(app, req).await })
+        }
         (&Method::GET | &Method::HEAD, _) => {
-            crate::web::serve(path).ok_or(AppError::NotFound("接口不存在"))
+            Box::pin(async move { crate::web::serve(path).ok_or(AppError::NotFound("接口不存在")) })
         }
-        _ => Err(AppError::NotFound("接口不存在")),
+        _ => Box::pin(async move { Err(AppError::NotFound("接口不存在")) }),
     };
+    let result = routed.await;
     let resp = result.unwrap_or_else(|err| response::error(&err));
     metrics::counter!(
         crate::metrics::REQUESTS,

@@ -314,6 +314,42 @@ async fn stop_ends_the_answer_and_keeps_what_was_produced() {
     );
 }
 
+/// A client that hangs up mid-stream is let go (its reader dropped), and the answer goes on.
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_stream_is_let_go_and_the_answer_goes_on() {
+    let (gw, _mock) = gateway_with(
+        MockConfig {
+            chunks: 200,
+            chunk_delay: Duration::from_millis(20),
+            answer: Some("慢".repeat(400)),
+            ..MockConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let token = gw.register("erin").await;
+    let body = json!({"message": "go"}).to_string();
+    let mut client = gw.open_chat(&token, &body, true).await;
+    let id = client.header("x-message-id").unwrap();
+    read_mp_until(&mut client, 2).await;
+    let answer = gw.app.answers.get(&id).expect("the answer is open");
+    assert_eq!(answer.readers(), 1);
+    drop(client);
+    let mut let_go = false;
+    for _ in 0..500 {
+        if answer.readers() == 0 {
+            let_go = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(let_go, "the reader of a closed connection was dropped");
+    assert!(
+        gw.app.answers.get(&id).is_some(),
+        "the answer goes on without its client"
+    );
+}
+
 #[tokio::test]
 async fn upstream_failures_are_code_11000_in_both_framings() {
     // Nothing listens on the upstream's port: fails before the stream.

@@ -639,7 +639,10 @@ mod tests {
         answer.set_streaming();
         answer.push(Bytes::from_static(b"{\"a\":1}"), "a");
         let mut mp = answer.reader(Framing::MiniProgram, None, heartbeat);
-        assert!(answer.live().raws.is_empty(), "no raw reader: events let go");
+        assert!(
+            answer.live().raws.is_empty(),
+            "no raw reader: events let go"
+        );
         answer.push(Bytes::from_static(b"{\"a\":2}"), "b");
         assert!(answer.live().raws.is_empty(), "nor kept from then on");
 

@@ -49,8 +49,11 @@ async fn start_chat(
     framing: Framing,
 ) -> Result<Response<Body>, AppError> {
     let user_id = app.tokens.user_of(req.headers())?;
-    let body: ChatRequest =
-        response::read_json(req.into_body(), app.config.limits.max_body_bytes).await?;
+    let body: ChatRequest = Box::pin(response::read_json(
+        req.into_body(),
+        app.config.limits.max_body_bytes,
+    ))
+    .await?;
     let answer = start_turn(
         app,
         Turn {
@@ -113,12 +116,17 @@ pub async fn start_turn(app: &Arc<App>, turn: Turn<'_>) -> Result<Arc<Answer>, A
 
     let (conversation_id, title, history, seq) =
         match turn.conversation_id.filter(|c| !c.is_empty()) {
+            // Boxed, as every database call before the hold here: this future waits
+            // through the hold (SQLite's queue) and would keep their room meanwhile.
             Some(id) => {
-                let conversation = store::conversation_of(&app.db, id, user_id)
-                    .await?
-                    .ok_or(AppError::NotFound("会话不存在"))?;
-                let (history, seq) = store::history(&app.db, &conversation.id).await?;
-                (conversation.id, None, history, seq)
+                Box::pin(async {
+                    let conversation = store::conversation_of(&app.db, id, user_id)
+                        .await?
+                        .ok_or(AppError::NotFound("会话不存在"))?;
+                    let (history, seq) = store::history(&app.db, &conversation.id).await?;
+                    Ok::<_, AppError>((conversation.id, None, history, seq))
+                })
+                .await?
             }
             None => {
                 let title: String = question.chars().take(40).collect();
@@ -145,10 +153,13 @@ pub async fn start_turn(app: &Arc<App>, turn: Turn<'_>) -> Result<Arc<Answer>, A
     // first fails at once, without waiting, when another writer got in between.)
     let answer_id = store::new_id();
     if crate::msg_sec_check::enabled(app) {
-        let user = users::by_id(&app.db, user_id)
-            .await?
-            .ok_or(AppError::Unauthorized("账号不存在，请重新登录"))?;
-        crate::msg_sec_check::check(app, user.mp_openid.as_deref(), question).await?;
+        Box::pin(async {
+            let user = users::by_id(&app.db, user_id)
+                .await?
+                .ok_or(AppError::Unauthorized("账号不存在，请重新登录"))?;
+            crate::msg_sec_check::check(app, user.mp_openid.as_deref(), question).await
+        })
+        .await?;
     }
     let day = app.config.today();
     let turn_rows = store::turn_statements(

@@ -96,7 +96,7 @@ async fn run(app: Arc<App>, job: AnswerJob, permit: StreamPermit) {
         metrics::histogram!(crate::metrics::FIRST_TOKEN).record((t - started).as_secs_f64());
     }
     metrics::histogram!(crate::metrics::ANSWER_TIME).record(started.elapsed().as_secs_f64());
-    finish(&app, &job, outcome, &progress, started).await;
+    Box::pin(finish(&app, &job, outcome, &progress, started)).await;
     tracing::info!(
         message_id = %answer.message_id,
         channel = %progress.channel,
@@ -109,7 +109,9 @@ async fn run(app: Arc<App>, job: AnswerJob, permit: StreamPermit) {
 
 async fn drive(app: &App, job: &AnswerJob, progress: &mut Progress<'_>) -> Outcome {
     let answer = &job.answer;
-    let mut source = match app.upstream.open(&job.request).await {
+    // Boxed, as `finish`: only the streaming loop's state stays in the task for the
+    // whole answer (opening a request, with its failover, takes kilobytes).
+    let mut source = match Box::pin(app.upstream.open(&job.request)).await {
         Ok(source) => source,
         Err(error) => {
             return Outcome::Failed {

@@ -78,10 +78,15 @@ pub async fn take(db: &DatabaseConnection, req: Request<'_>) -> Result<Grant, Ap
     {
         return Ok(grant);
     }
-    let txn = db.begin().await?;
-    let grant = take_in(&txn, req).await?;
-    txn.commit().await?;
-    Ok(grant)
+    // Boxed: a transaction's future is kilobytes, and a chat waiting in SQLite's queue
+    // would carry that room for nothing.
+    Box::pin(async {
+        let txn = db.begin().await?;
+        let grant = take_in(&txn, req).await?;
+        txn.commit().await?;
+        Ok(grant)
+    })
+    .await
 }
 
 /// SQLite's one-script [`take`]: the free message if one is left, else the worst case
@@ -479,6 +484,17 @@ pub async fn settle(db: &DatabaseConnection, s: &Settlement<'_>) -> Result<Settl
             });
         }
     }
+    // Boxed: see `take`; here it keeps every open answer's task smaller.
+    Box::pin(settle_in_transaction(db, s, now)).await
+}
+
+/// [`settle`]'s general path: its own transaction.
+async fn settle_in_transaction(
+    db: &DatabaseConnection,
+    s: &Settlement<'_>,
+    now: i64,
+) -> Result<Settled, AppError> {
+    let backend = db.get_database_backend();
     let txn = db.begin().await?;
     let closed = txn.execute_raw(close_statement(backend, s, now)).await?;
     let applied = closed.rows_affected() == 1;

@@ -187,7 +187,9 @@ impl<C: Clock + Clone> Limiter<C> {
         (interval, burst): (Duration, u32),
     ) -> Option<Result<(), Duration>> {
         let shared = self.shared.as_ref()?;
-        match shared.check(name, key, interval, burst).await? {
+        // Boxed: a Redis round trip's future is large, and every request's future would
+        // carry its room even where no Redis is configured.
+        match Box::pin(shared.check(name, key, interval, burst)).await? {
             Verdict::Admit => Some(Ok(())),
             Verdict::Wait(wait) => Some(Err(wait)),
         }
