@@ -886,3 +886,37 @@ async fn a_sqlite_script_whose_caller_left_still_ends_whole() {
         "each abandoned script ran whole (2 × 50 each), none half"
     );
 }
+
+/// Scripts from many threads at once, each caller waiting for its own before the next:
+/// the writer's queue goes idle and busy again thousands of times, and no script is lost
+/// between one writer task ending and the next starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_scripts_from_many_threads_all_run() {
+    use chatgate::db::sqlite_transaction;
+    use sea_orm::{DbBackend, Statement};
+
+    let gw = Gateway::start(|_| {}).await;
+    let mut tasks = Vec::new();
+    for t in 0..8i64 {
+        let db = gw.app.db.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..3000i64 {
+                let rows = sqlite_transaction(
+                    &db,
+                    vec![Statement::from_sql_and_values(
+                        DbBackend::Sqlite,
+                        "SELECT ? AS n",
+                        [(t * 1000 + i).into()],
+                    )],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("script {t}/{i}: {e}"))
+                .expect("nothing declines it");
+                assert_eq!(rows[0].try_get::<i64>("", "n").unwrap(), t * 1000 + i);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}

@@ -111,27 +111,38 @@ pub(super) async fn run(pool: &SqlitePool, script: Script) -> Outcome {
     })
 }
 
-/// Marks the queue idle when its task ends, however it ends; jobs left behind by a task
-/// that was dropped (its runtime shutting down) are answered with an error.
-struct Running(Arc<Queue>);
+/// The queue's task, should it be dropped before it found the queue empty (its runtime
+/// shutting down): marks the queue idle and answers what it leaves behind with an error.
+/// A task that ends normally marks the queue idle itself, under the same lock in which it
+/// found the queue empty — afterwards the queue may already belong to the next task.
+struct Running {
+    queue: Arc<Queue>,
+    ended: bool,
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let mut state = lock(&self.0.state);
-        state.running = false;
-        state.jobs.clear();
+        if !self.ended {
+            let mut state = lock(&self.queue.state);
+            state.running = false;
+            state.jobs.clear();
+        }
     }
 }
 
 /// The queue's task: takes what has arrived, runs it, until nothing is left.
 async fn drain(pool: SqlitePool, queue: Arc<Queue>) {
-    let running = Running(queue);
+    let mut running = Running {
+        queue,
+        ended: false,
+    };
     let mut conn: Option<PoolConnection<Sqlite>> = None;
     loop {
         let jobs = {
-            let mut state = lock(&running.0.state);
+            let mut state = lock(&running.queue.state);
             if state.jobs.is_empty() {
                 state.running = false;
+                running.ended = true;
                 return;
             }
             if state.jobs.len() <= MAX_GROUP {
@@ -163,7 +174,7 @@ async fn drain(pool: SqlitePool, queue: Arc<Queue>) {
                 n
             }
         };
-        let mut counts = lock(&running.0.counts);
+        let mut counts = lock(&running.queue.counts);
         counts.transactions += transactions.transactions;
         counts.scripts += transactions.scripts;
     }
