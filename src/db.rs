@@ -85,16 +85,7 @@ pub async fn script<C: ConnectionTrait>(
     query: Option<Statement>,
 ) -> Result<Vec<QueryResult>, DbErr> {
     if db.get_database_backend() == DbBackend::Sqlite {
-        let mut sql = String::new();
-        let mut values = Vec::new();
-        for statement in statements.into_iter().chain(query) {
-            if !sql.is_empty() {
-                sql.push_str(";\n");
-            }
-            sql.push_str(&statement.sql);
-            // Placeholders are plain `?`: SQLite binds them across the script in order.
-            values.extend(statement.values.into_iter().flat_map(|v| v.0));
-        }
+        let writer::Script { sql, values } = sqlite_script(statements.into_iter().chain(query));
         if sql.is_empty() {
             return Ok(Vec::new());
         }
@@ -143,6 +134,13 @@ pub async fn sqlite_transaction(
     if db.get_database_backend() != DbBackend::Sqlite {
         return Ok(None);
     }
+    // This build has only sqlx's drivers: a SQLite `DatabaseConnection` is its pool.
+    writer::run(db.get_sqlite_connection_pool(), sqlite_script(statements)).await
+}
+
+/// `statements` as one SQLite script: their SQL joined, their values in order
+/// (placeholders are plain `?`: SQLite binds them across the script in order).
+fn sqlite_script(statements: impl IntoIterator<Item = Statement>) -> writer::Script {
     let mut sql = String::new();
     let mut values = Vec::new();
     for statement in statements {
@@ -152,12 +150,7 @@ pub async fn sqlite_transaction(
         sql.push_str(&statement.sql);
         values.extend(statement.values.into_iter().flat_map(|v| v.0));
     }
-    // This build has only sqlx's drivers: a SQLite `DatabaseConnection` is its pool.
-    writer::run(
-        db.get_sqlite_connection_pool(),
-        writer::Script { sql, values },
-    )
-    .await
+    writer::Script { sql, values }
 }
 
 /// How many [`sqlite_transaction`] scripts have run on `db` and in how many transactions

@@ -211,8 +211,8 @@ async fn accept_loop(
             let app = Arc::clone(&app);
             // hyper keeps the room for this future as long as the connection lives, also
             // while a streamed answer is being written long after the handler returned:
-            // the handler itself (several KB: the largest of all routes) lives on the heap
-            // only while it runs.
+            // the handler itself (~1.5 KB, with its route's future boxed inside it) lives on
+            // the heap only while it runs.
             async move {
                 let handler = Box::pin(crate::router::handle(app, req));
                 Ok::<_, std::convert::Infallible>(handler.await)

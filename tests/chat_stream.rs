@@ -275,9 +275,14 @@ async fn a_dropped_client_does_not_stop_the_answer_and_can_resume_exactly() {
     assert_eq!((status, body["code"].as_i64()), (404, Some(404)));
 }
 
-#[tokio::test]
-async fn stop_ends_the_answer_and_keeps_what_was_produced() {
-    let (gw, _mock) = gateway_with(
+/// A gateway whose upstream sends 400 characters one every 20 ms, and a mini-program
+/// chat of `user`'s on it, read until `chars` characters arrived: the client, the
+/// message id (and the user's token).
+async fn slow_chat_read_until(
+    user: &str,
+    chars: usize,
+) -> (Gateway, MockUpstream, String, RawClient, String) {
+    let (gw, mock) = gateway_with(
         MockConfig {
             chunks: 200,
             chunk_delay: Duration::from_millis(20),
@@ -287,11 +292,17 @@ async fn stop_ends_the_answer_and_keeps_what_was_produced() {
         |_| {},
     )
     .await;
-    let token = gw.register("carol").await;
+    let token = gw.register(user).await;
     let body = json!({"message": "go"}).to_string();
     let mut client = gw.open_chat(&token, &body, true).await;
     let id = client.header("x-message-id").unwrap();
-    read_mp_until(&mut client, 4).await;
+    read_mp_until(&mut client, chars).await;
+    (gw, mock, token, client, id)
+}
+
+#[tokio::test]
+async fn stop_ends_the_answer_and_keeps_what_was_produced() {
+    let (gw, _mock, token, mut client, id) = slow_chat_read_until("carol", 4).await;
     let (status, stopped) = gw
         .json(
             "POST",
@@ -317,21 +328,7 @@ async fn stop_ends_the_answer_and_keeps_what_was_produced() {
 /// A client that hangs up mid-stream is let go (its reader dropped), and the answer goes on.
 #[tokio::test]
 async fn a_client_that_hangs_up_mid_stream_is_let_go_and_the_answer_goes_on() {
-    let (gw, _mock) = gateway_with(
-        MockConfig {
-            chunks: 200,
-            chunk_delay: Duration::from_millis(20),
-            answer: Some("慢".repeat(400)),
-            ..MockConfig::default()
-        },
-        |_| {},
-    )
-    .await;
-    let token = gw.register("erin").await;
-    let body = json!({"message": "go"}).to_string();
-    let mut client = gw.open_chat(&token, &body, true).await;
-    let id = client.header("x-message-id").unwrap();
-    read_mp_until(&mut client, 2).await;
+    let (gw, _mock, _, client, id) = slow_chat_read_until("erin", 2).await;
     let answer = gw.app.answers.get(&id).expect("the answer is open");
     assert_eq!(answer.readers(), 1);
     drop(client);

@@ -430,18 +430,19 @@ impl Reader {
             self.next_piece = live.ends.len();
         }
         for i in self.next_piece..live.ends.len() {
-            match (self.framing, live.raw(i)) {
-                (Framing::Sse, Some(raw)) => frame_sse::write_event(out, raw),
-                // Mini-program framing, and pieces that carry no upstream event (mirrored
-                // from the database, or from before this reader asked for them).
-                (framing, _) => {
-                    let text = live.text(i);
-                    if !text.is_empty() {
-                        match framing {
-                            Framing::MiniProgram => frame_mp::write_content(out, text),
-                            Framing::Sse => frame_sse::write_content(out, text),
-                        }
-                    }
+            if self.framing == Framing::Sse
+                && let Some(raw) = live.raw(i)
+            {
+                frame_sse::write_event(out, raw);
+                continue;
+            }
+            // Mini-program framing, and pieces that carry no upstream event (mirrored from
+            // the database, or from before this reader asked for them).
+            let text = live.text(i);
+            if !text.is_empty() {
+                match self.framing {
+                    Framing::MiniProgram => frame_mp::write_content(out, text),
+                    Framing::Sse => frame_sse::write_content(out, text),
                 }
             }
         }

@@ -49,11 +49,8 @@ async fn start_chat(
     framing: Framing,
 ) -> Result<Response<Body>, AppError> {
     let user_id = app.tokens.user_of(req.headers())?;
-    let body: ChatRequest = Box::pin(response::read_json(
-        req.into_body(),
-        app.config.limits.max_body_bytes,
-    ))
-    .await?;
+    let body: ChatRequest =
+        response::read_json(req.into_body(), app.config.limits.max_body_bytes).await?;
     let answer = start_turn(
         app,
         Turn {

@@ -46,7 +46,6 @@ struct Job {
 #[derive(Default)]
 struct Queue {
     state: Mutex<State>,
-    counts: Mutex<Counts>,
 }
 
 #[derive(Default)]
@@ -54,6 +53,7 @@ struct State {
     jobs: Vec<Job>,
     /// A task is running the queue: new jobs wait for it.
     running: bool,
+    counts: Counts,
 }
 
 /// Scripts run and the transactions they went in.
@@ -89,7 +89,7 @@ fn queue_of(pool: &SqlitePool) -> Arc<Queue> {
 
 /// The scripts run on `pool` so far, and the transactions they took.
 pub fn counts(pool: &SqlitePool) -> Counts {
-    *lock(&queue_of(pool).counts)
+    lock(&queue_of(pool).state).counts
 }
 
 /// Runs `script` in its turn, alone or with others that wait at the same time.
@@ -105,9 +105,9 @@ pub(super) async fn run(pool: &SqlitePool, script: Script) -> Outcome {
         tokio::spawn(drain(pool.clone(), queue));
     }
     outcome.await.unwrap_or_else(|_| {
-        Err(DbErr::Conn(RuntimeErr::Internal(
-            "the SQLite writer stopped before running the script".into(),
-        )))
+        Err(conn_error(
+            "the SQLite writer stopped before running the script",
+        ))
     })
 }
 
@@ -137,9 +137,12 @@ async fn drain(pool: SqlitePool, queue: Arc<Queue>) {
         ended: false,
     };
     let mut conn: Option<PoolConnection<Sqlite>> = None;
+    let mut ran = Counts::default();
     loop {
         let jobs = {
             let mut state = lock(&running.queue.state);
+            state.counts.scripts += ran.scripts;
+            state.counts.transactions += ran.transactions;
             if state.jobs.is_empty() {
                 state.running = false;
                 running.ended = true;
@@ -160,23 +163,21 @@ async fn drain(pool: SqlitePool, queue: Arc<Queue>) {
                     for job in jobs {
                         let _ = job.reply.send(Err(conn_error(&message)));
                     }
+                    ran = Counts::default();
                     continue;
                 }
             },
         };
-        let transactions = match run_group(c, jobs).await {
-            Ok(n) => n,
-            Err(n) => {
+        ran = match run_group(c, jobs).await {
+            Ok(ran) => ran,
+            Err(ran) => {
                 // The connection could not be brought back out of a transaction.
                 if let Some(mut c) = conn.take() {
                     c.close_on_drop();
                 }
-                n
+                ran
             }
         };
-        let mut counts = lock(&running.queue.counts);
-        counts.transactions += transactions.transactions;
-        counts.scripts += transactions.scripts;
     }
 }
 
@@ -184,13 +185,13 @@ fn conn_error(message: &str) -> DbErr {
     DbErr::Conn(RuntimeErr::Internal(message.to_string()))
 }
 
-fn query_error(error: sqlx::Error) -> DbErr {
-    DbErr::Query(RuntimeErr::SqlxError(error.into()))
-}
-
-/// A [`super::sqlite_require`] was false.
-fn declined(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(e) if e.message() == super::DECLINED)
+/// What a script that stopped at `error` ends with: `None` when a
+/// [`super::sqlite_require`] was false, else the error.
+fn stopped_at(error: sqlx::Error) -> Outcome {
+    match &error {
+        sqlx::Error::Database(e) if e.message() == super::DECLINED => Ok(None),
+        _ => Err(DbErr::Query(RuntimeErr::SqlxError(error.into()))),
+    }
 }
 
 async fn execute(
@@ -261,11 +262,7 @@ async fn run_group(conn: &mut PoolConnection<Sqlite>, jobs: Vec<Job>) -> Result<
                 // The script stopped inside its transaction (or at COMMIT): end it here,
                 // on this connection, before anyone else is handed the connection.
                 usable = roll_back(conn).await;
-                if declined(&error) {
-                    Ok(None)
-                } else {
-                    Err(query_error(error))
-                }
+                stopped_at(error)
             }
         };
         counts.transactions += 1;
@@ -299,11 +296,7 @@ async fn together(conn: &mut PoolConnection<Sqlite>, jobs: Vec<Job>) -> Result<(
                     intact = false;
                     break;
                 }
-                outcomes.push(if declined(&error) {
-                    Ok(None)
-                } else {
-                    Err(query_error(error))
-                });
+                outcomes.push(stopped_at(error));
             }
         }
     }
