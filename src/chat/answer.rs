@@ -47,13 +47,14 @@ pub enum Ending {
 }
 
 /// The answer so far. A piece is what one upstream event added: its text, and the event
-/// as it was received while a reader may still relay it. Per piece only its end (8
+/// as it was received while a reader may still relay it. Per piece only its length (4
 /// bytes) is kept beyond the text itself: an open stream's memory grows by little more
 /// than its text.
 struct Live {
     content: String,
-    /// Where each piece ends in `content`; it starts where the one before it ends.
-    ends: Vec<usize>,
+    /// The length of each piece's text in `content`, in order (readers go through them
+    /// in order and keep their own byte position).
+    lens: Vec<u32>,
     /// The upstream events of pieces `raw_from..` while `keep_raw` (an empty one for a
     /// piece mirrored from the database); let go once the only raw reader relayed them.
     raws: Vec<Bytes>,
@@ -90,7 +91,7 @@ impl Live {
     fn forget_raw(&mut self) {
         self.keep_raw = false;
         self.raws = Vec::new();
-        self.raw_from = self.ends.len();
+        self.raw_from = self.lens.len();
     }
 
     /// Keeps upstream events from the next piece on.
@@ -98,17 +99,18 @@ impl Live {
         if !self.keep_raw {
             self.keep_raw = true;
             self.raws.clear();
-            self.raw_from = self.ends.len();
+            self.raw_from = self.lens.len();
         }
     }
 
-    /// The text of piece `i`.
-    fn text(&self, i: usize) -> &str {
-        let start = match i.checked_sub(1) {
-            Some(before) => self.ends[before],
-            None => 0,
-        };
-        &self.content[start..self.ends[i]]
+    /// Appends one piece (its text and, while kept, its upstream event).
+    fn push_piece(&mut self, raw: Bytes, text: &str) {
+        self.content.push_str(text);
+        // Cannot truncate: [`Answer::push`] splits a longer text.
+        self.lens.push(text.len() as u32);
+        if self.keep_raw {
+            self.raws.push(raw);
+        }
     }
 
     /// The upstream event of piece `i`, if it is still kept.
@@ -116,6 +118,23 @@ impl Live {
         let kept = self.raws.get(i.checked_sub(self.raw_from)?)?;
         (!kept.is_empty()).then_some(kept)
     }
+}
+
+/// The longest text one piece keeps (its length is a `u32`).
+const MAX_PIECE: usize = u32::MAX as usize;
+
+/// `text` cut at the last character boundary at or before `max` bytes (the whole of it
+/// when it is not longer): what fits in one piece, and the rest.
+fn split_piece(text: &str, max: usize) -> (&str, &str) {
+    if text.len() <= max {
+        return (text, "");
+    }
+    // A character is at most 4 bytes: a boundary is among the last 4 positions.
+    let cut = (max.saturating_sub(3)..=max)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    text.split_at(cut)
 }
 
 /// See [`Answer::stopped`].
@@ -168,7 +187,7 @@ impl Answer {
             user_id,
             live: Mutex::new(Live {
                 content: String::new(),
-                ends: Vec::new(),
+                lens: Vec::new(),
                 raws: Vec::new(),
                 raw_from: 0,
                 phase: Phase::Opening,
@@ -215,11 +234,15 @@ impl Answer {
     /// Appends one upstream event and the text it carries, and wakes the readers.
     pub fn push(&self, raw: Bytes, text: &str) {
         let mut live = self.live();
-        live.content.push_str(text);
-        let end = live.content.len();
-        live.ends.push(end);
-        if live.keep_raw {
-            live.raws.push(raw);
+        let (first, rest) = split_piece(text, MAX_PIECE);
+        live.push_piece(raw, first);
+        // Only a text of 4 GiB or more in one event (which nothing sends) has a rest:
+        // it goes on as more pieces of text (no event of their own), so nothing is lost.
+        let mut rest = rest;
+        while !rest.is_empty() {
+            let (next, after) = split_piece(rest, MAX_PIECE);
+            live.push_piece(Bytes::new(), next);
+            rest = after;
         }
         live.wake_all();
     }
@@ -296,6 +319,7 @@ impl Answer {
             relays_raw,
             answer: Arc::clone(self),
             next_piece: 0,
+            next_byte: 0,
             resume_from: offset,
             framing,
             heartbeat,
@@ -316,8 +340,9 @@ enum ReaderState {
     Finished,
 }
 
-/// What a reader's output buffer starts with; frames of a typical piece are far smaller.
-const READER_BUFFER: usize = 1024;
+/// What a reader's output buffer starts with: a typical piece's frame (tens of bytes)
+/// fits, and it grows when more is pending. Small, as it lives as long as the stream.
+const READER_BUFFER: usize = 256;
 
 /// One client's view of an answer: yields the HTTP chunks to send.
 pub struct Reader {
@@ -325,6 +350,8 @@ pub struct Reader {
     /// Relays the upstream's events (SSE from the start), not the text.
     relays_raw: bool,
     next_piece: usize,
+    /// Where piece `next_piece` starts in the text.
+    next_byte: usize,
     resume_from: Option<usize>,
     framing: Framing,
     heartbeat: Duration,
@@ -336,8 +363,7 @@ pub struct Reader {
     /// written and dropped a chunk, the next one reuses the same allocation, so a reader
     /// that keeps up allocates nothing per chunk.
     buf: BytesMut,
-    /// The heartbeat timer, made on the first wait and only pushed later after that
-    /// (an atomic update in tokio, no timer-wheel lock per chunk).
+    /// The heartbeat timer, made on the first wait; moved only when it fires early.
     timer: Option<Pin<Box<Sleep>>>,
     /// When the last chunk was handed out: silence is measured from here.
     last_sent: Instant,
@@ -375,17 +401,19 @@ impl Reader {
             return Poll::Ready(Some(self.send()));
         }
         let deadline = self.last_sent + self.heartbeat;
-        let timer = match &mut self.timer {
-            Some(timer) => {
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
-                }
-                timer
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        // The timer is not moved per chunk: when it fires early (chunks went out since it
+        // was set), it is moved to the silence's real end and waited for again.
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            slot => slot.insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        if timer.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
+            if timer.deadline() >= deadline || Instant::now() >= deadline {
+                break;
+            }
+            timer.as_mut().reset(deadline);
         }
         match self.framing {
             Framing::MiniProgram => frame_mp::write_heartbeat(&mut self.buf),
@@ -427,9 +455,12 @@ impl Reader {
                     Framing::Sse => frame_sse::write_content(out, rest),
                 }
             }
-            self.next_piece = live.ends.len();
+            self.next_piece = live.lens.len();
+            self.next_byte = live.content.len();
         }
-        for i in self.next_piece..live.ends.len() {
+        for i in self.next_piece..live.lens.len() {
+            let start = self.next_byte;
+            self.next_byte += live.lens[i] as usize;
             if self.framing == Framing::Sse
                 && let Some(raw) = live.raw(i)
             {
@@ -438,7 +469,7 @@ impl Reader {
             }
             // Mini-program framing, and pieces that carry no upstream event (mirrored from
             // the database, or from before this reader asked for them).
-            let text = live.text(i);
+            let text = &live.content[start..self.next_byte];
             if !text.is_empty() {
                 match self.framing {
                     Framing::MiniProgram => frame_mp::write_content(out, text),
@@ -446,10 +477,10 @@ impl Reader {
                 }
             }
         }
-        self.next_piece = live.ends.len();
+        self.next_piece = live.lens.len();
         if take_raw {
             live.raws.clear();
-            live.raw_from = live.ends.len();
+            live.raw_from = live.lens.len();
         }
         let Phase::Ended(ending) = &live.phase else {
             if out.is_empty() {
@@ -549,6 +580,27 @@ impl AnswerRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_piece_too_long_is_cut_at_a_character_boundary_and_nothing_is_lost() {
+        assert_eq!(split_piece("abc", 3), ("abc", ""));
+        assert_eq!(split_piece("abcd", 3), ("abc", "d"));
+        // '好' is 3 bytes: a cut inside it moves back to its start.
+        assert_eq!(split_piece("a好b", 2), ("a", "好b"));
+        assert_eq!(split_piece("a好b", 4), ("a好", "b"));
+        let text = "x好好😀y";
+        for max in 4..text.len() + 1 {
+            let mut rest = text;
+            let mut joined = String::new();
+            while !rest.is_empty() {
+                let (piece, after) = split_piece(rest, max);
+                assert!(!piece.is_empty() && piece.len() <= max, "{max}: {piece:?}");
+                joined.push_str(piece);
+                rest = after;
+            }
+            assert_eq!(joined, text);
+        }
+    }
 
     #[tokio::test]
     async fn stopped_sees_a_stop_requested_before_or_while_it_waits() {

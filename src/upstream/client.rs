@@ -179,6 +179,7 @@ impl Upstream {
             response,
             parser: SseParser::new(),
             idle_timeout: self.idle_timeout,
+            last_read: Instant::now(),
             idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
             ended: false,
         }
@@ -384,10 +385,12 @@ pub struct HttpEvents {
     response: reqwest::Response,
     parser: SseParser,
     idle_timeout: Duration,
-    /// Fires when the silence since the last bytes becomes an idle timeout. Kept here,
-    /// not in the future, so a cancelled `next()` does not restart the clock; one timer
-    /// per answer, pushed forward on every read (an atomic update in tokio), not one
-    /// registered and cancelled per read.
+    /// When bytes last came.
+    last_read: Instant,
+    /// Fires when the silence since the last bytes may have become an idle timeout. Kept
+    /// here, not in the future, so a cancelled `next()` does not restart the clock; one
+    /// timer per answer, not touched per read: when it fires after bytes came, it is
+    /// moved to `last_read + idle_timeout` and waited for again.
     idle: Pin<Box<Sleep>>,
     ended: bool,
 }
@@ -409,6 +412,11 @@ impl HttpEvents {
                 biased;
                 read = self.response.chunk() => read,
                 () = self.idle.as_mut() => {
+                    let due = self.last_read + self.idle_timeout;
+                    if Instant::now() < due {
+                        self.idle.as_mut().reset(due);
+                        continue;
+                    }
                     return Err(upstream_error(true, "上游服务长时间无响应，回答已中断"));
                 }
             };
@@ -419,7 +427,7 @@ impl HttpEvents {
                 }
                 Ok(None) => self.ended = true,
                 Ok(Some(bytes)) => {
-                    self.idle.as_mut().reset(Instant::now() + self.idle_timeout);
+                    self.last_read = Instant::now();
                     self.parser.push(&bytes);
                 }
             }
