@@ -145,6 +145,21 @@ async fn a_hang_before_the_first_byte_and_a_stall_mid_stream_hit_their_timeouts(
         !mp.content.is_empty(),
         "what was sent before the stall is kept"
     );
+
+    // The idle timeout counts silence, not the answer's length: pieces every 0.15 s for
+    // ~0.9 s in all pass a 0.3 s idle timeout.
+    mock.set_config(MockConfig {
+        chunks: 6,
+        chunk_delay: std::time::Duration::from_millis(150),
+        ..MockConfig::default()
+    });
+    let mp = parse_mp(
+        &gw.chat(&token, &json!({"message": "hi"}), true)
+            .await
+            .chunks,
+    );
+    assert!(mp.error.is_none(), "{:?}", mp.error);
+    assert!(mp.done.is_some(), "the slow answer completes");
     gw.assert_ledger_ok().await;
 }
 
