@@ -5,12 +5,12 @@
 //! WAL: one hold rewrites a dozen 4 KB pages (the user's row, the holds table and its
 //! indexes, the conversation's…), and the next hold rewrites most of the same pages.
 //! Scripts that arrive while another group is being written wait for it and then go
-//! together, each in its own savepoint inside one transaction, so a page changed by many
-//! of them is written once per group. Alone, a script is its own transaction as before:
-//! nothing waits for company.
+//! together inside one transaction, so a page changed by many of them is written once per
+//! group. Alone, a script is its own transaction as before: nothing waits for company.
 //!
-//! A script in a group behaves as it would alone: a savepoint rolled back on its failure
-//! or refusal leaves the others' writes; every reply is sent after the group's COMMIT;
+//! A script in a group behaves as it would alone: when one is declined or fails, the
+//! group goes again with each script in its own savepoint, rolled back on its failure or
+//! refusal and leaving the others' writes; every reply is sent after the group's COMMIT;
 //! anything unexpected (the transaction itself lost) rolls the group back and runs each of
 //! its scripts alone. The group runs in a task of its own, so a caller that goes away
 //! (a client that hung up during its hold) never leaves a transaction half done.
@@ -271,21 +271,55 @@ async fn run_group(conn: &mut PoolConnection<Sqlite>, jobs: Vec<Job>) -> Result<
     if usable { Ok(counts) } else { Err(counts) }
 }
 
-/// Runs `jobs` in one transaction, each in a savepoint, and answers them after COMMIT.
-/// `Err(jobs)`, unanswered, when the group as a whole failed and has been rolled back.
+/// Runs `jobs` in one transaction and answers them after COMMIT. First without
+/// savepoints (every script in the common case goes through: none of them pays for
+/// savepoints, whose first write to each page copies it to the statement journal); when
+/// one stops (declined, failed), that attempt is rolled back and the group goes again,
+/// each script in a savepoint of its own so that it alone is undone. `Err(jobs)`,
+/// unanswered, when the group as a whole failed and has been rolled back.
 async fn together(conn: &mut PoolConnection<Sqlite>, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+    let mut outcomes = in_one_transaction(conn, &jobs, false).await;
+    if outcomes.is_none() {
+        outcomes = in_one_transaction(conn, &jobs, true).await;
+    }
+    let Some(outcomes) = outcomes else {
+        return Err(jobs);
+    };
+    for (job, outcome) in jobs.into_iter().zip(outcomes) {
+        let _ = job.reply.send(outcome);
+    }
+    Ok(())
+}
+
+/// One attempt of [`together`]: the jobs' outcomes once committed, `None` once rolled
+/// back (without `savepoints`: as soon as a script stops).
+async fn in_one_transaction(
+    conn: &mut PoolConnection<Sqlite>,
+    jobs: &[Job],
+    savepoints: bool,
+) -> Option<Vec<Outcome>> {
     if statement(conn, "BEGIN IMMEDIATE").await.is_err() {
         // A transaction left open (or the file locked past the busy timeout): one by
         // one, each script rolls back what it finds.
         roll_back(conn).await;
-        return Err(jobs);
+        return None;
     }
     let mut outcomes = Vec::with_capacity(jobs.len());
-    let mut intact = true;
-    for job in &jobs {
-        // Values are cloned so that a group that fails can run its scripts again alone.
+    for job in jobs {
+        // Values are cloned so that the group can run its scripts again.
+        let values = job.script.values.clone();
+        if !savepoints {
+            match execute(conn, &job.script.sql, values).await {
+                Ok(rows) => outcomes.push(Ok(Some(rows))),
+                Err(_) => {
+                    roll_back(conn).await;
+                    return None;
+                }
+            }
+            continue;
+        }
         let sql = format!("SAVEPOINT job;\n{};\nRELEASE job", job.script.sql);
-        match execute(conn, &sql, job.script.values.clone()).await {
+        match execute(conn, &sql, values).await {
             Ok(rows) => outcomes.push(Ok(Some(rows))),
             Err(error) => {
                 // Undo this script's writes only; the transaction goes on.
@@ -293,19 +327,16 @@ async fn together(conn: &mut PoolConnection<Sqlite>, jobs: Vec<Job>) -> Result<(
                     .await
                     .is_err()
                 {
-                    intact = false;
-                    break;
+                    roll_back(conn).await;
+                    return None;
                 }
                 outcomes.push(stopped_at(error));
             }
         }
     }
-    if intact && statement(conn, "COMMIT").await.is_ok() {
-        for (job, outcome) in jobs.into_iter().zip(outcomes) {
-            let _ = job.reply.send(outcome);
-        }
-        return Ok(());
+    if statement(conn, "COMMIT").await.is_ok() {
+        return Some(outcomes);
     }
     roll_back(conn).await;
-    Err(jobs)
+    None
 }
