@@ -379,6 +379,11 @@ fn upstream_error(timeout: bool, msg: &str) -> AppError {
     }
 }
 
+/// The most one unfinished upstream event may hold (its partial line and data lines). A
+/// chunk is a few hundred bytes; an upstream that never ends its line would otherwise
+/// grow the answer's memory until the answer's time bound.
+const MAX_EVENT_BYTES: usize = 4 << 20;
+
 /// The events of an answer streamed by an HTTP upstream.
 pub struct HttpEvents {
     channel: String,
@@ -407,6 +412,11 @@ impl HttpEvents {
             }
             if self.ended {
                 return Ok(self.parser.finish());
+            }
+            // Nothing complete is buffered: all of it is one unfinished event.
+            if self.parser.buffered_len() > MAX_EVENT_BYTES {
+                tracing::warn!(channel = %self.channel, limit = MAX_EVENT_BYTES, "upstream event too large; answer cut");
+                return Err(upstream_error(false, "上游服务返回的数据异常，回答不完整"));
             }
             let read = tokio::select! {
                 biased;
@@ -482,6 +492,50 @@ mod tests {
             firsts.windows(4).all(|w| w.iter().any(|n| n == "small")),
             "{firsts:?}"
         );
+    }
+
+    /// Events from a response whose body comes in `parts`.
+    fn events_of(parts: Vec<Vec<u8>>) -> HttpEvents {
+        let stream = futures_util::stream::iter(
+            parts
+                .into_iter()
+                .map(|p| Ok::<_, std::io::Error>(bytes::Bytes::from(p))),
+        );
+        let response = http::Response::new(reqwest::Body::wrap_stream(stream));
+        let up = Upstream::new(&Config::default()).unwrap();
+        up.events(reqwest::Response::from(response), "c".into())
+    }
+
+    #[tokio::test]
+    async fn an_upstream_event_that_never_ends_is_cut_at_its_limit() {
+        let piece = vec![b'x'; 64 << 10];
+        let mut parts = vec![b"data: {\"a\":1}\n\ndata: ".to_vec()];
+        // 8 MiB of one line, never ended; the reader stops after about half of it.
+        parts.extend(std::iter::repeat_n(piece, 128));
+        let mut events = events_of(parts);
+        let first = events.next().await.unwrap().unwrap();
+        assert_eq!(&first.data[..], b"{\"a\":1}");
+        let err = events.next().await.unwrap_err();
+        assert!(
+            matches!(err, AppError::Upstream { timeout: false, .. }),
+            "{err:?}"
+        );
+        assert!(
+            events.parser.buffered_len() <= MAX_EVENT_BYTES + (64 << 10),
+            "{}",
+            events.parser.buffered_len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_event_under_the_limit_goes_through() {
+        let big = "y".repeat(MAX_EVENT_BYTES / 2);
+        let body = format!("data: {big}\n\ndata: [DONE]\n\n").into_bytes();
+        let parts = body.chunks(50_000).map(<[u8]>::to_vec).collect();
+        let mut events = events_of(parts);
+        let event = events.next().await.unwrap().unwrap();
+        assert_eq!(event.data.len(), big.len());
+        assert_eq!(&events.next().await.unwrap().unwrap().data[..], b"[DONE]");
     }
 
     #[test]
