@@ -5,6 +5,9 @@
 #                           PostgreSQL rows, then 10,000 open streams for 30 s
 #   bench/run.sh --quick    sanity check (~2 min): C = 1, 50, short windows, no 10k run
 #   bench/run.sh --open-streams-only   only the 10,000-stream run
+#   bench/run.sh --repeat N             every measured row N times (the rows of one C
+#                           alternate: direct, nginx, chatgate…, then again), and the table
+#                           shows each figure's median, with the range of "x nginx"
 #
 # Builds release once; installs nginx-light and wrk from Debian if missing; starts two mock
 # upstreams (examples/mock_upstream: chunk delay 0 and 20 ms), nginx as a pure streaming
@@ -23,14 +26,25 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 MODE=full
-for arg in "$@"; do
-    case "$arg" in
+REPEAT=${REPEAT:-1}
+while [ $# -gt 0 ]; do
+    case "$1" in
         --quick) MODE=quick ;;
         --open-streams-only) MODE=open ;;
-        -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
-        *) echo "unknown option $arg" >&2; exit 2 ;;
+        --repeat)
+            [ $# -ge 2 ] || { echo "--repeat needs a number of runs" >&2; exit 2; }
+            REPEAT=$2
+            shift
+            ;;
+        -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
     esac
+    shift
 done
+if ! [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]]; then
+    echo "--repeat needs a whole number of runs (1 or more), not '$REPEAT'" >&2
+    exit 2
+fi
 
 CHUNKS=${CHUNKS:-100}          # content pieces per answer
 PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/test}
@@ -220,7 +234,8 @@ run_rows() {
             mock=$MOCK20 nginx=$NGINX20 model=slow mockpid=$mock20_PID
         fi
         for c in "${CONCURRENCY[@]}"; do
-            echo "== delay ${delay} ms, C = $c" >&2
+          for round in $(seq 1 "$REPEAT"); do
+            echo "== delay ${delay} ms, C = $c (run $round of $REPEAT)" >&2
             loadgen "d$delay-c$c-direct" openai "http://$mock/v1" mock-model "$c" \
                 --watch "mock=$mockpid"
             loadgen "d$delay-c$c-nginx" openai "http://$nginx/v1" mock-model "$c" \
@@ -244,6 +259,7 @@ run_rows() {
                     --watch "chatgate=$GATE_PID" --watch "mock=$mockpid"
                 stop_gate
             done
+          done
         done
     done
 }
@@ -254,6 +270,7 @@ run_postgres() {
         return 0
     fi
     for spec in "0 50 fast" "20 500 slow"; do
+      for _ in $(seq 1 "$REPEAT"); do
         read -r delay c model <<<"$spec"
         [ "$MODE" = quick ] && c=50
         local mockpid=$mock0_PID
@@ -267,6 +284,7 @@ run_postgres() {
         stop_gate
         psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $PG_DB" >/dev/null 2>&1 || true
         PG_DB=
+      done
     done
 }
 
