@@ -234,15 +234,16 @@ impl Answer {
     /// Appends one upstream event and the text it carries, and wakes the readers.
     pub fn push(&self, raw: Bytes, text: &str) {
         let mut live = self.live();
-        let (first, rest) = split_piece(text, MAX_PIECE);
-        live.push_piece(raw, first);
-        // Only a text of 4 GiB or more in one event (which nothing sends) has a rest:
-        // it goes on as more pieces of text (no event of their own), so nothing is lost.
-        let mut rest = rest;
-        while !rest.is_empty() {
-            let (next, after) = split_piece(rest, MAX_PIECE);
-            live.push_piece(Bytes::new(), next);
+        // Only a text of 4 GiB or more in one event (which nothing sends) takes more than
+        // one piece: the rest goes on as pieces of text (no event of their own).
+        let (mut raw, mut rest) = (raw, text);
+        loop {
+            let (piece, after) = split_piece(rest, MAX_PIECE);
+            live.push_piece(std::mem::take(&mut raw), piece);
             rest = after;
+            if rest.is_empty() {
+                break;
+            }
         }
         live.wake_all();
     }
@@ -404,16 +405,8 @@ impl Reader {
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        // The timer is not moved per chunk: when it fires early (chunks went out since it
-        // was set), it is moved to the silence's real end and waited for again.
-        loop {
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if timer.deadline() >= deadline || Instant::now() >= deadline {
-                break;
-            }
-            timer.as_mut().reset(deadline);
+        if crate::clock::poll_until(timer, cx, deadline).is_pending() {
+            return Poll::Pending;
         }
         match self.framing {
             Framing::MiniProgram => frame_mp::write_heartbeat(&mut self.buf),

@@ -15,6 +15,7 @@
 //! its scripts alone. The group runs in a task of its own, so a caller that goes away
 //! (a client that hung up during its hold) never leaves a transaction half done.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::mem;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
@@ -306,21 +307,19 @@ async fn in_one_transaction(
     }
     let mut outcomes = Vec::with_capacity(jobs.len());
     for job in jobs {
+        let sql = if savepoints {
+            Cow::Owned(format!("SAVEPOINT job;\n{};\nRELEASE job", job.script.sql))
+        } else {
+            Cow::Borrowed(job.script.sql.as_str())
+        };
         // Values are cloned so that the group can run its scripts again.
-        let values = job.script.values.clone();
-        if !savepoints {
-            match execute(conn, &job.script.sql, values).await {
-                Ok(rows) => outcomes.push(Ok(Some(rows))),
-                Err(_) => {
-                    roll_back(conn).await;
-                    return None;
-                }
-            }
-            continue;
-        }
-        let sql = format!("SAVEPOINT job;\n{};\nRELEASE job", job.script.sql);
-        match execute(conn, &sql, values).await {
+        match execute(conn, &sql, job.script.values.clone()).await {
             Ok(rows) => outcomes.push(Ok(Some(rows))),
+            // Without savepoints, a script that stops ends the whole attempt.
+            Err(_) if !savepoints => {
+                roll_back(conn).await;
+                return None;
+            }
             Err(error) => {
                 // Undo this script's writes only; the transaction goes on.
                 if statement(conn, "ROLLBACK TO job; RELEASE job")

@@ -3,6 +3,7 @@
 //! before the first byte, per-channel outbound proxies, and the timeouts (connect,
 //! first byte, idle between pieces).
 
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -421,12 +422,9 @@ impl HttpEvents {
             let read = tokio::select! {
                 biased;
                 read = self.response.chunk() => read,
-                () = self.idle.as_mut() => {
-                    let due = self.last_read + self.idle_timeout;
-                    if Instant::now() < due {
-                        self.idle.as_mut().reset(due);
-                        continue;
-                    }
+                () = poll_fn(|cx| {
+                    crate::clock::poll_until(&mut self.idle, cx, self.last_read + self.idle_timeout)
+                }) => {
                     return Err(upstream_error(true, "上游服务长时间无响应，回答已中断"));
                 }
             };
