@@ -5,6 +5,7 @@ use std::time::Duration;
 
 mod writer;
 pub use writer::Counts as SqliteWriteCounts;
+pub use writer::Row as SqliteRow;
 
 use entity::setting;
 use migration::{Migrator, MigratorTrait};
@@ -14,8 +15,13 @@ use sea_orm::{
     DbErr, EntityTrait, QueryResult, Statement,
 };
 
-/// Connections to a SQLite file. Each has its own thread; one writer at a time anyway.
+/// The pool's connections to a SQLite file (each has its own thread), beside the writer's
+/// own ([`sqlite_transaction`]).
 const SQLITE_CONNECTIONS: u32 = 1;
+/// How long a SQLite connection waits for another's write transaction before failing.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// SQLite's WAL is copied back into the file (a checkpoint) at this many pages.
+const SQLITE_CHECKPOINT_PAGES: u32 = 20_000;
 
 /// Opens a pool on `url` and brings the schema up to date.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
@@ -42,8 +48,8 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         .map_sqlx_sqlite_opts(|o| {
             o.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(30))
-                .pragma("wal_autocheckpoint", "20000")
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .pragma("wal_autocheckpoint", SQLITE_CHECKPOINT_PAGES.to_string())
         });
     let db = Database::connect(opts).await?;
     Migrator::up(&db, None).await?;
@@ -85,7 +91,7 @@ pub async fn script<C: ConnectionTrait>(
     query: Option<Statement>,
 ) -> Result<Vec<QueryResult>, DbErr> {
     if db.get_database_backend() == DbBackend::Sqlite {
-        let writer::Script { sql, values } = sqlite_script(statements.into_iter().chain(query));
+        let (sql, values) = joined(statements.into_iter().chain(query));
         if sql.is_empty() {
             return Ok(Vec::new());
         }
@@ -117,30 +123,36 @@ pub fn sqlite_require(condition: &str, values: Vec<sea_orm::Value>) -> Statement
     )
 }
 
-/// On SQLite only: runs `statements` as ONE script inside a transaction of its own — one
-/// hand-off to the connection's thread (a transaction through sea-orm costs one for BEGIN,
-/// one per statement and one for COMMIT; on SQLite those hand-offs, not the statements,
-/// are most of the cost) — or, when other scripts wait at the same time, in a savepoint of
-/// a transaction they share (a group commit, see [`writer`]: pages changed by all are
-/// written once). Returns the rows of the statements that return rows, in order, or `None`
-/// when a [`sqlite_require`] in the script found its condition false: then nothing of the
-/// script was written, and the caller takes its general path. On any failure the script's
-/// writes are rolled back before anything else runs on the connection. `None` too when
-/// `db` is not SQLite.
+/// On SQLite only: runs `statements` as ONE script inside a transaction of its own, on
+/// SQLite's writer (see [`writer`]: a thread with its own connection, where a script is
+/// one hand-off each way; a transaction through sea-orm costs one for BEGIN, one per
+/// statement and one for COMMIT, and on SQLite those hand-offs, not the statements, are
+/// most of the cost) — or, when other scripts wait at the same time, in a transaction they
+/// share (a group commit: pages changed by all are written once). Returns the rows of the
+/// statements that return rows, in order, or `None` when a [`sqlite_require`] in the
+/// script found its condition false: then nothing of the script was written, and the
+/// caller takes its general path. On any failure the script's writes are rolled back
+/// before anything else runs on the connection. `None` too when `db` is not SQLite.
 pub async fn sqlite_transaction(
     db: &DatabaseConnection,
     statements: Vec<Statement>,
-) -> Result<Option<Vec<QueryResult>>, DbErr> {
+) -> Result<Option<Vec<SqliteRow>>, DbErr> {
     if db.get_database_backend() != DbBackend::Sqlite {
         return Ok(None);
     }
+    let script = writer::Script {
+        statements: statements
+            .into_iter()
+            .map(|s| (s.sql, s.values.map(|v| v.0).unwrap_or_default()))
+            .collect(),
+    };
     // This build has only sqlx's drivers: a SQLite `DatabaseConnection` is its pool.
-    writer::run(db.get_sqlite_connection_pool(), sqlite_script(statements)).await
+    writer::run(db.get_sqlite_connection_pool(), script).await
 }
 
 /// `statements` as one SQLite script: their SQL joined, their values in order
 /// (placeholders are plain `?`: SQLite binds them across the script in order).
-fn sqlite_script(statements: impl IntoIterator<Item = Statement>) -> writer::Script {
+fn joined(statements: impl IntoIterator<Item = Statement>) -> (String, Vec<sea_orm::Value>) {
     let mut sql = String::new();
     let mut values = Vec::new();
     for statement in statements {
@@ -150,7 +162,7 @@ fn sqlite_script(statements: impl IntoIterator<Item = Statement>) -> writer::Scr
         sql.push_str(&statement.sql);
         values.extend(statement.values.into_iter().flat_map(|v| v.0));
     }
-    writer::Script { sql, values }
+    (sql, values)
 }
 
 /// How many [`sqlite_transaction`] scripts have run on `db` and in how many transactions

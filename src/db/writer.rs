@@ -1,41 +1,92 @@
-//! SQLite's writer: the scripts of [`super::sqlite_transaction`] go through a queue and
-//! are committed in groups.
+//! SQLite's writer: the scripts of [`super::sqlite_transaction`] run on a thread of their
+//! own, with a connection of their own, and are committed in groups.
+//!
+//! Why a connection apart from the pool's: sqlx's SQLite connection lives on its own
+//! thread too, but answers every statement, and every row, as a message across threads
+//! — a hold of a dozen statements was a dozen hand-offs each way, each a wake-up of one
+//! thread by another. Here a group of scripts costs one wake-up of this thread, and one
+//! reply per script. Its statements are prepared once and kept (a cache of their SQL).
 //!
 //! SQLite has one writer, and a commit appends every page the transaction changed to the
 //! WAL: one hold rewrites a dozen 4 KB pages (the user's row, the holds table and its
 //! indexes, the conversation's…), and the next hold rewrites most of the same pages.
 //! Scripts that arrive while another group is being written wait for it and then go
 //! together inside one transaction, so a page changed by many of them is written once per
-//! group. Alone, a script is its own transaction as before: nothing waits for company.
+//! group. Alone, a script is its own transaction: nothing waits for company.
 //!
 //! A script in a group behaves as it would alone: when one is declined or fails, the
 //! group goes again with each script in its own savepoint, rolled back on its failure or
 //! refusal and leaving the others' writes; every reply is sent after the group's COMMIT;
 //! anything unexpected (the transaction itself lost) rolls the group back and runs each of
-//! its scripts alone. The group runs in a task of its own, so a caller that goes away
-//! (a client that hung up during its hold) never leaves a transaction half done.
+//! its scripts alone. A caller that goes away (a client that hung up during its hold)
+//! never leaves a transaction half done: the thread finishes what it took.
+//!
+//! The pool's connection still writes too (the general paths, the admin's work); both wait
+//! for each other's transactions (SQLite's busy timeout), and every general transaction
+//! writes first, so none of them has to give up (see [`super::connect`]).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::mem;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
-use sea_orm::sqlx::pool::PoolConnection;
+use rusqlite::types::{ToSql, ToSqlOutput, Value as SqlValue, ValueRef};
+use rusqlite::{Connection, OpenFlags};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
-use sea_orm::sqlx::{self, AssertSqlSafe, Sqlite};
-use sea_orm::{DbErr, QueryResult, RuntimeErr};
+use sea_orm::{DbErr, RuntimeErr};
 use tokio::sync::oneshot;
 
 /// At most this many scripts share a transaction: their callers all wait for its COMMIT.
 const MAX_GROUP: usize = 64;
+/// Statements kept prepared: the scripts are built from a few dozen distinct ones.
+const PREPARED: usize = 128;
+/// How often an idle writer looks whether its pool is gone (then it ends).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// What a script's caller gets: its rows, `None` when it was declined, or the error.
-pub(super) type Outcome = Result<Option<Vec<QueryResult>>, DbErr>;
+pub(super) type Outcome = Result<Option<Vec<Row>>, DbErr>;
 
-/// A script's SQL (its statements joined, without BEGIN/COMMIT) and values.
+/// A script's statements, each with its values (`?` placeholders).
 pub(super) struct Script {
-    pub sql: String,
-    pub values: Vec<sea_orm::Value>,
+    pub statements: Vec<(String, Vec<sea_orm::Value>)>,
+}
+
+/// A row returned by a statement of a script.
+#[derive(Debug, Clone)]
+pub struct Row {
+    columns: Vec<String>,
+    values: Vec<SqlValue>,
+}
+
+impl Row {
+    fn value(&self, column: &str) -> Result<&SqlValue, DbErr> {
+        self.columns
+            .iter()
+            .position(|c| c == column)
+            .map(|i| &self.values[i])
+            .ok_or_else(|| DbErr::Type(format!("no column {column:?} in the row")))
+    }
+
+    /// The integer in `column`.
+    pub fn get_i64(&self, column: &str) -> Result<i64, DbErr> {
+        match self.value(column)? {
+            SqlValue::Integer(i) => Ok(*i),
+            other => Err(DbErr::Type(format!(
+                "column {column:?} holds {other:?}, not an integer"
+            ))),
+        }
+    }
+
+    /// The text in `column`.
+    pub fn get_string(&self, column: &str) -> Result<String, DbErr> {
+        match self.value(column)? {
+            SqlValue::Text(s) => Ok(s.clone()),
+            other => Err(DbErr::Type(format!(
+                "column {column:?} holds {other:?}, not text"
+            ))),
+        }
+    }
 }
 
 struct Job {
@@ -43,17 +94,21 @@ struct Job {
     reply: oneshot::Sender<Outcome>,
 }
 
-/// The queue of one database.
+/// The writer of one database.
 #[derive(Default)]
-struct Queue {
+struct Writer {
     state: Mutex<State>,
+    /// The thread waits here for jobs.
+    wake: Condvar,
 }
 
 #[derive(Default)]
 struct State {
     jobs: Vec<Job>,
-    /// A task is running the queue: new jobs wait for it.
-    running: bool,
+    /// The writer's thread is running.
+    thread: bool,
+    /// … and waits on `wake` (a new job must wake it).
+    waiting: bool,
     counts: Counts,
 }
 
@@ -68,43 +123,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One queue per pool, found by the pool's connect options (one `Arc` per pool, kept as
+/// One writer per pool, found by the pool's connect options (one `Arc` per pool, kept as
 /// long as the pool). Entries of pools that are gone are replaced.
-type Registry = HashMap<usize, (Weak<SqliteConnectOptions>, Arc<Queue>)>;
-static QUEUES: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
+type Registry = HashMap<usize, (Weak<SqliteConnectOptions>, Arc<Writer>)>;
+static WRITERS: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
 
-fn queue_of(pool: &SqlitePool) -> Arc<Queue> {
-    let options = pool.connect_options();
-    let key = Arc::as_ptr(&options) as usize;
-    let mut queues = lock(&QUEUES);
-    if let Some((owner, queue)) = queues.get(&key)
-        && owner.upgrade().is_some_and(|o| Arc::ptr_eq(&o, &options))
+fn writer_of(options: &Arc<SqliteConnectOptions>) -> Arc<Writer> {
+    let key = Arc::as_ptr(options) as usize;
+    let mut writers = lock(&WRITERS);
+    if let Some((owner, writer)) = writers.get(&key)
+        && owner.upgrade().is_some_and(|o| Arc::ptr_eq(&o, options))
     {
-        return queue.clone();
+        return writer.clone();
     }
-    queues.retain(|_, (owner, _)| owner.strong_count() > 0);
-    let queue = Arc::new(Queue::default());
-    queues.insert(key, (Arc::downgrade(&options), queue.clone()));
-    queue
+    writers.retain(|_, (owner, _)| owner.strong_count() > 0);
+    let writer = Arc::new(Writer::default());
+    writers.insert(key, (Arc::downgrade(options), writer.clone()));
+    writer
 }
 
 /// The scripts run on `pool` so far, and the transactions they took.
 pub fn counts(pool: &SqlitePool) -> Counts {
-    lock(&queue_of(pool).state).counts
+    lock(&writer_of(&pool.connect_options()).state).counts
 }
 
 /// Runs `script` in its turn, alone or with others that wait at the same time.
 pub(super) async fn run(pool: &SqlitePool, script: Script) -> Outcome {
-    let queue = queue_of(pool);
     let (reply, outcome) = oneshot::channel();
-    let start = {
-        let mut state = lock(&queue.state);
-        state.jobs.push(Job { script, reply });
-        !mem::replace(&mut state.running, true)
-    };
-    if start {
-        tokio::spawn(drain(pool.clone(), queue));
-    }
+    submit(&pool.connect_options(), Job { script, reply });
     outcome.await.unwrap_or_else(|_| {
         Err(conn_error(
             "the SQLite writer stopped before running the script",
@@ -112,74 +158,138 @@ pub(super) async fn run(pool: &SqlitePool, script: Script) -> Outcome {
     })
 }
 
-/// The queue's task, should it be dropped before it found the queue empty (its runtime
-/// shutting down): marks the queue idle and answers what it leaves behind with an error.
-/// A task that ends normally marks the queue idle itself, under the same lock in which it
-/// found the queue empty — afterwards the queue may already belong to the next task.
-struct Running {
-    queue: Arc<Queue>,
-    ended: bool,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if !self.ended {
-            let mut state = lock(&self.queue.state);
-            state.running = false;
-            state.jobs.clear();
+/// Queues `job` and wakes the writer's thread, starting it if it is not running.
+fn submit(options: &Arc<SqliteConnectOptions>, job: Job) {
+    let writer = writer_of(options);
+    let mut state = lock(&writer.state);
+    state.jobs.push(job);
+    if state.waiting {
+        state.waiting = false;
+        writer.wake.notify_one();
+    } else if !state.thread {
+        let (w, owner, path) = (
+            writer.clone(),
+            Arc::downgrade(options),
+            options.get_filename().to_owned(),
+        );
+        let started = std::thread::Builder::new()
+            .name("chatgate-sqlite-writer".into())
+            .spawn(move || work(&w, &owner, &path));
+        match started {
+            Ok(_) => state.thread = true,
+            Err(e) => {
+                let message = format!("starting SQLite's writer failed: {e}");
+                for job in state.jobs.drain(..) {
+                    let _ = job.reply.send(Err(conn_error(&message)));
+                }
+            }
         }
     }
 }
 
-/// The queue's task: takes what has arrived, runs it, until nothing is left.
-async fn drain(pool: SqlitePool, queue: Arc<Queue>) {
+/// The writer's thread, should it end before it found the queue empty (a panic): marks
+/// the writer stopped and answers what it leaves behind with an error. A thread that ends
+/// normally marks it stopped itself, under the same lock in which it found the queue
+/// empty — afterwards the writer may already have the next thread.
+struct Running<'a> {
+    writer: &'a Writer,
+    ended: bool,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            let mut state = lock(&self.writer.state);
+            state.thread = false;
+            state.waiting = false;
+            for job in state.jobs.drain(..) {
+                let _ = job
+                    .reply
+                    .send(Err(conn_error("SQLite's writer stopped unexpectedly")));
+            }
+        }
+    }
+}
+
+/// The writer's thread: takes what has arrived, runs it, waits for more; ends when its
+/// pool is gone.
+fn work(writer: &Writer, owner: &Weak<SqliteConnectOptions>, path: &Path) {
     let mut running = Running {
-        queue,
+        writer,
         ended: false,
     };
-    let mut conn: Option<PoolConnection<Sqlite>> = None;
-    let mut ran = Counts::default();
+    let mut conn: Option<Connection> = None;
     loop {
-        let jobs = {
-            let mut state = lock(&running.queue.state);
-            state.counts.scripts += ran.scripts;
-            state.counts.transactions += ran.transactions;
-            if state.jobs.is_empty() {
-                state.running = false;
-                running.ended = true;
-                return;
-            }
-            if state.jobs.len() <= MAX_GROUP {
-                mem::take(&mut state.jobs)
-            } else {
-                state.jobs.drain(..MAX_GROUP).collect()
-            }
+        let Some(jobs) = next_jobs(writer, owner) else {
+            running.ended = true;
+            return;
         };
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match pool.acquire().await {
+            None => match open(path) {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
-                    let message = e.to_string();
+                    let message = format!("opening SQLite's writer connection failed: {e}");
                     for job in jobs {
                         let _ = job.reply.send(Err(conn_error(&message)));
                     }
-                    ran = Counts::default();
                     continue;
                 }
             },
         };
-        ran = match run_group(c, jobs).await {
-            Ok(ran) => ran,
-            Err(ran) => {
-                // The connection could not be brought back out of a transaction.
-                if let Some(mut c) = conn.take() {
-                    c.close_on_drop();
-                }
-                ran
-            }
-        };
+        if !run_group(writer, c, jobs) {
+            // The connection could not be brought back out of a transaction.
+            conn = None;
+        }
     }
+}
+
+impl Writer {
+    /// Counts `scripts` run in `transactions`, before their callers are answered.
+    fn record(&self, scripts: usize, transactions: u64) {
+        let mut state = lock(&self.state);
+        state.counts.scripts += scripts as u64;
+        state.counts.transactions += transactions;
+    }
+}
+
+/// Takes the next jobs, waiting for them; `None` (the writer marked stopped) when the
+/// pool is gone.
+fn next_jobs(writer: &Writer, owner: &Weak<SqliteConnectOptions>) -> Option<Vec<Job>> {
+    let mut state = lock(&writer.state);
+    loop {
+        if !state.jobs.is_empty() {
+            return Some(if state.jobs.len() <= MAX_GROUP {
+                mem::take(&mut state.jobs)
+            } else {
+                state.jobs.drain(..MAX_GROUP).collect()
+            });
+        }
+        if owner.strong_count() == 0 {
+            state.thread = false;
+            return None;
+        }
+        state.waiting = true;
+        state = match writer.wake.wait_timeout(state, IDLE_CHECK) {
+            Ok((state, _)) => state,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+        state.waiting = false;
+    }
+}
+
+/// The writer's connection, set as the pool's are (see [`super::connect`]).
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        PathBuf::from(path),
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(super::SQLITE_BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", super::SQLITE_CHECKPOINT_PAGES)?;
+    conn.set_prepared_statement_cache_capacity(PREPARED);
+    Ok(conn)
 }
 
 fn conn_error(message: &str) -> DbErr {
@@ -188,61 +298,118 @@ fn conn_error(message: &str) -> DbErr {
 
 /// What a script that stopped at `error` ends with: `None` when a
 /// [`super::sqlite_require`] was false, else the error.
-fn stopped_at(error: sqlx::Error) -> Outcome {
+fn stopped_at(error: rusqlite::Error) -> Outcome {
     match &error {
-        sqlx::Error::Database(e) if e.message() == super::DECLINED => Ok(None),
-        _ => Err(DbErr::Query(RuntimeErr::SqlxError(error.into()))),
+        rusqlite::Error::SqliteFailure(_, Some(message)) if message == super::DECLINED => Ok(None),
+        _ => Err(DbErr::Query(RuntimeErr::Internal(format!(
+            "SQLite: {error}"
+        )))),
     }
 }
 
-async fn execute(
-    conn: &mut PoolConnection<Sqlite>,
-    sql: &str,
-    values: Vec<sea_orm::Value>,
-) -> Result<Vec<QueryResult>, sqlx::Error> {
-    let rows = sqlx::query_with(
-        AssertSqlSafe(sql),
-        sea_query_sqlx::SqlxValues(sea_orm::Values(values)),
-    )
-    .fetch_all(&mut **conn)
-    .await?;
-    Ok(rows.into_iter().map(QueryResult::from).collect())
+/// A sea-query value bound to a SQLite parameter, as sqlx binds it.
+struct Bind<'a>(&'a sea_orm::Value);
+
+impl ToSql for Bind<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        use sea_orm::Value as V;
+        fn int(v: Option<i64>) -> ToSqlOutput<'static> {
+            ToSqlOutput::Owned(v.map_or(SqlValue::Null, SqlValue::Integer))
+        }
+        fn real(v: Option<f64>) -> ToSqlOutput<'static> {
+            ToSqlOutput::Owned(v.map_or(SqlValue::Null, SqlValue::Real))
+        }
+        Ok(match self.0 {
+            V::Bool(v) => int(v.map(i64::from)),
+            V::TinyInt(v) => int(v.map(i64::from)),
+            V::SmallInt(v) => int(v.map(i64::from)),
+            V::Int(v) => int(v.map(i64::from)),
+            V::BigInt(v) => int(*v),
+            V::TinyUnsigned(v) => int(v.map(i64::from)),
+            V::SmallUnsigned(v) => int(v.map(i64::from)),
+            V::Unsigned(v) => int(v.map(i64::from)),
+            V::BigUnsigned(v) => int(v
+                .map(i64::try_from)
+                .transpose()
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?),
+            V::Float(v) => real(v.map(f64::from)),
+            V::Double(v) => real(*v),
+            V::String(v) => match v {
+                Some(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+                None => ToSqlOutput::Owned(SqlValue::Null),
+            },
+            V::Char(v) => {
+                ToSqlOutput::Owned(v.map_or(SqlValue::Null, |c| SqlValue::Text(c.to_string())))
+            }
+            V::Bytes(v) => match v {
+                Some(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+                None => ToSqlOutput::Owned(SqlValue::Null),
+            },
+            V::Json(v) => ToSqlOutput::Owned(
+                v.as_ref()
+                    .map_or(SqlValue::Null, |j| SqlValue::Text(j.to_string())),
+            ),
+            other => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    format!("SQLite's writer does not bind {other:?}").into(),
+                ));
+            }
+        })
+    }
 }
 
-async fn statement(
-    conn: &mut PoolConnection<Sqlite>,
-    sql: &'static str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(sql).execute(&mut **conn).await.map(|_| ())
+/// Runs the statements of `script`, inside the caller's transaction; the rows of those
+/// that return rows, in order.
+fn execute(conn: &Connection, script: &Script) -> rusqlite::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (sql, values) in &script.statements {
+        let mut statement = conn.prepare_cached(sql)?;
+        let columns: Vec<String> = statement
+            .column_names()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let mut results = statement.query(rusqlite::params_from_iter(values.iter().map(Bind)))?;
+        while let Some(row) = results.next()? {
+            let values = (0..columns.len())
+                .map(|i| row.get::<_, SqlValue>(i))
+                .collect::<rusqlite::Result<_>>()?;
+            rows.push(Row {
+                columns: columns.clone(),
+                values,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Runs one statement that returns nothing (BEGIN, COMMIT, savepoints).
+fn statement(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 /// Ends whatever transaction is open on `conn`; `false` if the connection is unusable.
-async fn roll_back(conn: &mut PoolConnection<Sqlite>) -> bool {
-    match statement(conn, "ROLLBACK").await {
+fn roll_back(conn: &Connection) -> bool {
+    if conn.is_autocommit() {
+        return true;
+    }
+    match statement(conn, "ROLLBACK") {
         Ok(()) => true,
-        Err(e) if e.to_string().contains("no transaction is active") => true,
         Err(e) => {
-            tracing::error!(error = %e, "rolling back a SQLite transaction failed; closing its connection");
+            tracing::error!(error = %e, "rolling back a SQLite transaction failed; closing the writer's connection");
             false
         }
     }
 }
 
 /// Runs `jobs` (one transaction, or one each after a group failed) and answers them all.
-/// `Err` when the connection is left unusable: every job is answered anyway.
-async fn run_group(conn: &mut PoolConnection<Sqlite>, jobs: Vec<Job>) -> Result<Counts, Counts> {
-    let mut counts = Counts {
-        scripts: jobs.len() as u64,
-        transactions: 0,
-    };
+/// `false` when the connection is left unusable: every job is answered anyway.
+fn run_group(writer: &Writer, conn: &Connection, jobs: Vec<Job>) -> bool {
     let jobs = if jobs.len() == 1 {
         jobs
     } else {
-        match together(conn, jobs).await {
-            Ok(()) => {
-                counts.transactions = 1;
-                return Ok(counts);
-            }
+        match together(writer, conn, jobs) {
+            Ok(()) => return true,
             Err(jobs) => jobs,
         }
     };
@@ -250,26 +417,33 @@ async fn run_group(conn: &mut PoolConnection<Sqlite>, jobs: Vec<Job>) -> Result<
     let mut usable = true;
     for job in jobs {
         if !usable {
+            writer.record(1, 0);
             let _ = job
                 .reply
                 .send(Err(conn_error("the SQLite connection was closed")));
             continue;
         }
-        let Script { sql, values } = job.script;
-        let sql = format!("BEGIN IMMEDIATE;\n{sql};\nCOMMIT");
-        let outcome = match execute(conn, &sql, values).await {
+        let outcome = match alone(conn, &job.script) {
             Ok(rows) => Ok(Some(rows)),
             Err(error) => {
                 // The script stopped inside its transaction (or at COMMIT): end it here,
-                // on this connection, before anyone else is handed the connection.
-                usable = roll_back(conn).await;
+                // before anything else runs on the connection.
+                usable = roll_back(conn);
                 stopped_at(error)
             }
         };
-        counts.transactions += 1;
+        writer.record(1, 1);
         let _ = job.reply.send(outcome);
     }
-    if usable { Ok(counts) } else { Err(counts) }
+    usable
+}
+
+/// `script` in a transaction of its own; left open when it stops.
+fn alone(conn: &Connection, script: &Script) -> rusqlite::Result<Vec<Row>> {
+    statement(conn, "BEGIN IMMEDIATE")?;
+    let rows = execute(conn, script)?;
+    statement(conn, "COMMIT")?;
+    Ok(rows)
 }
 
 /// Runs `jobs` in one transaction and answers them after COMMIT. First without
@@ -278,14 +452,15 @@ async fn run_group(conn: &mut PoolConnection<Sqlite>, jobs: Vec<Job>) -> Result<
 /// one stops (declined, failed), that attempt is rolled back and the group goes again,
 /// each script in a savepoint of its own so that it alone is undone. `Err(jobs)`,
 /// unanswered, when the group as a whole failed and has been rolled back.
-async fn together(conn: &mut PoolConnection<Sqlite>, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
-    let mut outcomes = in_one_transaction(conn, &jobs, false).await;
+fn together(writer: &Writer, conn: &Connection, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+    let mut outcomes = in_one_transaction(conn, &jobs, false);
     if outcomes.is_none() {
-        outcomes = in_one_transaction(conn, &jobs, true).await;
+        outcomes = in_one_transaction(conn, &jobs, true);
     }
     let Some(outcomes) = outcomes else {
         return Err(jobs);
     };
+    writer.record(jobs.len(), 1);
     for (job, outcome) in jobs.into_iter().zip(outcomes) {
         let _ = job.reply.send(outcome);
     }
@@ -294,48 +469,40 @@ async fn together(conn: &mut PoolConnection<Sqlite>, jobs: Vec<Job>) -> Result<(
 
 /// One attempt of [`together`]: the jobs' outcomes once committed, `None` once rolled
 /// back (without `savepoints`: as soon as a script stops).
-async fn in_one_transaction(
-    conn: &mut PoolConnection<Sqlite>,
-    jobs: &[Job],
-    savepoints: bool,
-) -> Option<Vec<Outcome>> {
-    if statement(conn, "BEGIN IMMEDIATE").await.is_err() {
-        // A transaction left open (or the file locked past the busy timeout): one by
-        // one, each script rolls back what it finds.
-        roll_back(conn).await;
-        return None;
-    }
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let sql = if savepoints {
-            Cow::Owned(format!("SAVEPOINT job;\n{};\nRELEASE job", job.script.sql))
-        } else {
-            Cow::Borrowed(job.script.sql.as_str())
-        };
-        // Values are cloned so that the group can run its scripts again.
-        match execute(conn, &sql, job.script.values.clone()).await {
-            Ok(rows) => outcomes.push(Ok(Some(rows))),
-            // Without savepoints, a script that stops ends the whole attempt.
-            Err(_) if !savepoints => {
-                roll_back(conn).await;
-                return None;
-            }
-            Err(error) => {
-                // Undo this script's writes only; the transaction goes on.
-                if statement(conn, "ROLLBACK TO job; RELEASE job")
-                    .await
-                    .is_err()
-                {
-                    roll_back(conn).await;
-                    return None;
+fn in_one_transaction(conn: &Connection, jobs: &[Job], savepoints: bool) -> Option<Vec<Outcome>> {
+    let attempt = || -> rusqlite::Result<Option<Vec<Outcome>>> {
+        statement(conn, "BEGIN IMMEDIATE")?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if !savepoints {
+                match execute(conn, &job.script) {
+                    Ok(rows) => outcomes.push(Ok(Some(rows))),
+                    // Without savepoints, a script that stops ends the whole attempt.
+                    Err(_) => return Ok(None),
                 }
-                outcomes.push(stopped_at(error));
+                continue;
             }
+            statement(conn, "SAVEPOINT job")?;
+            match execute(conn, &job.script) {
+                Ok(rows) => outcomes.push(Ok(Some(rows))),
+                Err(error) => {
+                    // Undo this script's writes only; the transaction goes on.
+                    statement(conn, "ROLLBACK TO job")?;
+                    outcomes.push(stopped_at(error));
+                }
+            }
+            statement(conn, "RELEASE job")?;
+        }
+        statement(conn, "COMMIT")?;
+        Ok(Some(outcomes))
+    };
+    match attempt() {
+        Ok(Some(outcomes)) => Some(outcomes),
+        Ok(None) | Err(_) => {
+            // A transaction left open (or the file locked past the busy timeout): one by
+            // one, each script rolls back what it finds.
+            roll_back(conn);
+            None
         }
     }
-    if statement(conn, "COMMIT").await.is_ok() {
-        return Some(outcomes);
-    }
-    roll_back(conn).await;
-    None
 }

@@ -163,7 +163,7 @@ async fn take_in_one_script(
         return Ok(None);
     };
     let free = match rows.first() {
-        Some(row) => row.try_get::<String>("", "kind")? == FREE,
+        Some(row) => row.get_string("kind")? == FREE,
         None => {
             return Err(AppError::Internal(
                 "a committed hold was not read back".into(),
@@ -479,7 +479,10 @@ pub async fn settle(db: &DatabaseConnection, s: &Settlement<'_>) -> Result<Settl
         if let Some(rows) = crate::db::sqlite_transaction(db, script).await? {
             return Ok(Settled {
                 charged_micros: charged,
-                balance_micros: balance_of(&rows)?,
+                balance_micros: match rows.first() {
+                    Some(row) => row.get_i64("balance")?,
+                    None => 0,
+                },
                 applied: true,
             });
         }
