@@ -53,6 +53,15 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         });
     let db = Database::connect(opts).await?;
     Migrator::up(&db, None).await?;
+    if sqlite {
+        // SQLite's writer starts now, not with the first chat: a file it cannot open for
+        // writing stops the start-up with the reason.
+        sqlite_transaction(
+            &db,
+            vec![Statement::from_string(DbBackend::Sqlite, "SELECT 1")],
+        )
+        .await?;
+    }
     Ok(db)
 }
 
