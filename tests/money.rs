@@ -853,7 +853,7 @@ async fn sqlite_scripts_waiting_together_share_a_transaction_and_end_as_alone() 
 #[tokio::test]
 async fn a_sqlite_script_whose_caller_left_still_ends_whole() {
     use chatgate::db::sqlite_transaction;
-    use sea_orm::{DbBackend, Statement};
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 
     let gw = Gateway::start(|_| {}).await;
     let db = &gw.app.db;
@@ -872,8 +872,17 @@ async fn a_sqlite_script_whose_caller_left_still_ends_whole() {
             ),
         ]
     };
+    // The write lock, taken by the pool's connection: the writer cannot finish a script
+    // before its caller leaves.
+    let lock = db.begin().await.unwrap();
+    lock.execute_raw(Statement::from_string(
+        DbBackend::Sqlite,
+        "UPDATE settings SET value = value WHERE key = ''",
+    ))
+    .await
+    .unwrap();
     for _ in 0..3 {
-        // Polled once (queued, its writer started), then dropped.
+        // Polled once (queued, handed to the writer), then dropped.
         let mut abandoned = Box::pin(sqlite_transaction(db, spend(50)));
         let waiting = std::future::poll_fn(|cx| {
             std::task::Poll::Ready(abandoned.as_mut().poll(cx).is_pending())
@@ -882,6 +891,7 @@ async fn a_sqlite_script_whose_caller_left_still_ends_whole() {
         assert!(waiting, "the script had not run before its caller left");
         drop(abandoned);
     }
+    lock.commit().await.unwrap();
     let rows = sqlite_transaction(
         db,
         vec![Statement::from_string(
