@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::time::{Instant, Sleep};
 
@@ -214,18 +215,35 @@ impl Upstream {
         stream: bool,
     ) -> Result<(reqwest::Response, String), AppError> {
         let mut last_error = AppError::NotFound("模型不存在");
-        for channel in self.order(model) {
-            let mut body = body.clone();
-            if stream && channel.config.include_usage {
-                body["stream_options"] = json!({ "include_usage": true });
+        let order = self.order(model);
+        // The body as bytes, made before the first request: a pending request keeps these
+        // rather than a tree of JSON values (when many answers open at once, thousands
+        // wait for their upstream's response together). A second form asks for usage, for
+        // the channels that support it.
+        let usage_asked = stream && order.iter().any(|c| c.config.include_usage);
+        let plain = to_bytes(&body)?;
+        let with_usage = if usage_asked {
+            let mut body = body;
+            if let Some(fields) = body.as_object_mut() {
+                fields.insert("stream_options".into(), json!({ "include_usage": true }));
             }
+            to_bytes(&body)?
+        } else {
+            plain.clone()
+        };
+        for channel in order {
+            let body = if stream && channel.config.include_usage {
+                &with_usage
+            } else {
+                &plain
+            };
             // Each live key of the channel at most once, in rotation order.
             for _ in 0..channel.config.api_keys.len().max(1) {
                 let Some(key) = channel.next_key() else {
                     last_error = upstream_error(false, "上游服务的密钥均已失效");
                     break;
                 };
-                match self.try_channel(channel, path, &body, key).await {
+                match self.try_channel(channel, path, body, key).await {
                     Ok(response) => return Ok((response, channel.config.name.clone())),
                     Err(Failure::KeyRevoked) => {
                         channel.revoke(key);
@@ -252,12 +270,15 @@ impl Upstream {
         &self,
         channel: &ChannelState,
         path: &str,
-        body: &Value,
+        body: &Bytes,
         key: Option<usize>,
     ) -> Result<reqwest::Response, Failure> {
         let url = format!("{}/{path}", channel.config.base_url.trim_end_matches('/'));
         let client = of_this_thread(&channel.clients).unwrap_or_else(|| self.client());
-        let mut request = client.post(&url).json(body);
+        let mut request = client
+            .post(&url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.clone());
         if let Some(k) = key {
             request = request.bearer_auth(&channel.config.api_keys[k]);
         }
@@ -441,6 +462,13 @@ impl HttpEvents {
             }
         }
     }
+}
+
+/// `body` as the bytes of a JSON request body.
+fn to_bytes(body: &Value) -> Result<Bytes, AppError> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| AppError::Internal(format!("encoding an upstream request: {e}")))
 }
 
 #[cfg(test)]
