@@ -229,6 +229,7 @@ impl Upstream {
             }
             to_bytes(&body)?
         } else {
+            drop(body);
             plain.clone()
         };
         for channel in order {
