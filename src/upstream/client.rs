@@ -216,27 +216,34 @@ impl Upstream {
     ) -> Result<(reqwest::Response, String), AppError> {
         let mut last_error = AppError::NotFound("模型不存在");
         let order = self.order(model);
-        // The body as bytes, made before the first request: a pending request keeps these
-        // rather than a tree of JSON values (when many answers open at once, thousands
-        // wait for their upstream's response together). A second form asks for usage, for
-        // the channels that support it.
-        let usage_asked = stream && order.iter().any(|c| c.config.include_usage);
-        let plain = to_bytes(&body)?;
-        let with_usage = if usage_asked {
+        // The body as bytes, made before the first request in each form a channel needs
+        // (with `stream_options` for those that report usage): a pending request keeps
+        // these rather than a tree of JSON values (when many answers open at once,
+        // thousands wait for their upstream's response together).
+        let wants_usage = |c: &ChannelState| stream && c.config.include_usage;
+        let plain = if order.iter().all(|c| wants_usage(c)) {
+            None
+        } else {
+            Some(to_bytes(&body)?)
+        };
+        let with_usage = if order.iter().any(|c| wants_usage(c)) {
             let mut body = body;
             if let Some(fields) = body.as_object_mut() {
                 fields.insert("stream_options".into(), json!({ "include_usage": true }));
             }
-            to_bytes(&body)?
+            Some(to_bytes(&body)?)
         } else {
             drop(body);
-            plain.clone()
+            None
         };
         for channel in order {
-            let body = if stream && channel.config.include_usage {
+            // Both forms were made above for every channel that needs them.
+            let Some(body) = (if wants_usage(channel) {
                 &with_usage
             } else {
                 &plain
+            }) else {
+                continue;
             };
             // Each live key of the channel at most once, in rotation order.
             for _ in 0..channel.config.api_keys.len().max(1) {
