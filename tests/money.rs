@@ -744,6 +744,20 @@ async fn a_sqlite_script_commits_whole_or_not_at_all() {
     assert_eq!(balance().await, 899);
 }
 
+/// SQLite's write lock, taken by the pool's connection and held until the transaction is
+/// committed or dropped: SQLite's writer waits for it (its busy timeout).
+async fn sqlite_write_lock(db: &sea_orm::DatabaseConnection) -> sea_orm::DatabaseTransaction {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+    let lock = db.begin().await.unwrap();
+    lock.execute_raw(Statement::from_string(
+        DbBackend::Sqlite,
+        "UPDATE settings SET value = value WHERE key = ''",
+    ))
+    .await
+    .unwrap();
+    lock
+}
+
 /// SQLite's group commit: scripts that wait at the same time share one transaction, and
 /// each ends as it would alone — in order, seeing the writes of those before it; a
 /// declined or failing one leaves the others' writes in place. They are made to wait
@@ -783,13 +797,7 @@ async fn sqlite_scripts_waiting_together_share_a_transaction_and_end_as_alone() 
 
     let before = sqlite_write_counts(db);
     // The write lock, taken by the pool's connection: the writer waits for it.
-    let lock = db.begin().await.unwrap();
-    lock.execute_raw(Statement::from_string(
-        DbBackend::Sqlite,
-        "UPDATE settings SET value = value WHERE key = ''",
-    ))
-    .await
-    .unwrap();
+    let lock = sqlite_write_lock(db).await;
     let mut all = Box::pin(futures_util::future::join_all([
         sqlite_transaction(db, spend(400)),
         sqlite_transaction(db, spend(400)),
@@ -853,7 +861,7 @@ async fn sqlite_scripts_waiting_together_share_a_transaction_and_end_as_alone() 
 #[tokio::test]
 async fn a_sqlite_script_whose_caller_left_still_ends_whole() {
     use chatgate::db::sqlite_transaction;
-    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+    use sea_orm::{DbBackend, Statement};
 
     let gw = Gateway::start(|_| {}).await;
     let db = &gw.app.db;
@@ -872,15 +880,8 @@ async fn a_sqlite_script_whose_caller_left_still_ends_whole() {
             ),
         ]
     };
-    // The write lock, taken by the pool's connection: the writer cannot finish a script
-    // before its caller leaves.
-    let lock = db.begin().await.unwrap();
-    lock.execute_raw(Statement::from_string(
-        DbBackend::Sqlite,
-        "UPDATE settings SET value = value WHERE key = ''",
-    ))
-    .await
-    .unwrap();
+    // The write lock: the writer cannot finish a script before its caller leaves.
+    let lock = sqlite_write_lock(db).await;
     for _ in 0..3 {
         // Polled once (queued, handed to the writer), then dropped.
         let mut abandoned = Box::pin(sqlite_transaction(db, spend(50)));
