@@ -409,8 +409,20 @@ impl RawClient {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        stream.write_all(req.as_bytes()).await.unwrap();
-        stream.write_all(body).await.unwrap();
+        // On a failed write, whatever the gateway answered goes in the panic: a reset
+        // after the headers means it answered (and closed) before reading the body.
+        for (part, bytes) in [("head", req.as_bytes()), ("body", body)] {
+            if let Err(e) = stream.write_all(bytes).await {
+                let mut answered = Vec::new();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut answered))
+                        .await;
+                panic!(
+                    "{method} {path}: writing the request's {part} failed: {e}; the gateway had answered: {:?}",
+                    String::from_utf8_lossy(&answered)
+                );
+            }
+        }
         let mut client = RawClient {
             stream,
             buf: Vec::new(),
