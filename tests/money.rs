@@ -943,3 +943,100 @@ async fn sqlite_scripts_from_many_threads_all_run() {
         task.await.unwrap();
     }
 }
+
+/// A script that finds SQLite's writer idle runs at once on its caller's thread — but
+/// never waits there for SQLite's lock: when the pool's connection holds it, the script
+/// goes to the writer's thread, which waits, and the caller's thread stays free.
+#[tokio::test]
+async fn an_idle_sqlite_writer_runs_a_script_inline_but_never_waits_for_the_lock_there() {
+    use chatgate::db::{sqlite_transaction, sqlite_write_counts};
+    use sea_orm::{DbBackend, Statement};
+
+    let gw = Gateway::start(|_| {}).await;
+    let db = &gw.app.db;
+    let (_, user_id) = gw.register_with("inline", 1_000).await;
+    let spend = |micros: i64| {
+        vec![
+            Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                "UPDATE users SET balance_micros = balance_micros - ? WHERE id = ?",
+                [micros.into(), user_id.into()],
+            ),
+            Statement::from_string(
+                DbBackend::Sqlite,
+                format!("SELECT balance_micros AS b FROM users WHERE id = {user_id}"),
+            ),
+        ]
+    };
+    let balance =
+        |rows: Option<Vec<chatgate::db::SqliteRow>>| rows.unwrap()[0].get_i64("b").unwrap();
+
+    // Idle: run inline.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let before = sqlite_write_counts(db);
+    assert_eq!(
+        balance(sqlite_transaction(db, spend(100)).await.unwrap()),
+        900
+    );
+    let after = sqlite_write_counts(db);
+    assert_eq!(after.inline - before.inline, 1, "{before:?} {after:?}");
+    assert_eq!(after.scripts - before.scripts, 1);
+
+    // Idle, but the pool's connection holds the lock: the first poll returns at once
+    // (were it waiting inline, it would block this thread for the busy timeout).
+    let lock = sqlite_write_lock(db).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let before = sqlite_write_counts(db);
+    let mut waiting = Box::pin(sqlite_transaction(db, spend(100)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(std::future::Future::poll(waiting.as_mut(), &mut cx).is_pending());
+    lock.commit().await.unwrap();
+    assert_eq!(balance(waiting.await.unwrap()), 800);
+    let after = sqlite_write_counts(db);
+    assert_eq!(
+        after.inline, before.inline,
+        "went to the thread: {before:?} {after:?}"
+    );
+    assert_eq!(after.scripts - before.scripts, 1);
+}
+
+/// Scripts that run inline never checkpoint on their caller's thread; when their commits
+/// make the WAL long, SQLite's writer thread checkpoints.
+#[tokio::test]
+async fn inline_sqlite_commits_leave_the_checkpoint_to_the_writer_thread() {
+    use chatgate::db::{sqlite_transaction, sqlite_write_counts};
+    use sea_orm::{DbBackend, Statement};
+
+    let gw = Gateway::start(|_| {}).await;
+    let db = &gw.app.db;
+    let sql = |s: &str| Statement::from_string(DbBackend::Sqlite, s.to_string());
+    sqlite_transaction(db, vec![sql("CREATE TABLE big (b BLOB)")])
+        .await
+        .unwrap()
+        .unwrap();
+    let before = sqlite_write_counts(db);
+    // 24 × 4 MB: more than the 20,000 pages (80 MB) after which the WAL is copied back.
+    for _ in 0..24 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        sqlite_transaction(db, vec![sql("INSERT INTO big VALUES (zeroblob(4194304))")])
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let now = sqlite_write_counts(db);
+        if now.checkpoints > before.checkpoints || std::time::Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        after.inline - before.inline >= 20,
+        "the writes ran inline: {before:?} {after:?}"
+    );
+    assert!(
+        after.checkpoints > before.checkpoints,
+        "the writer's thread checkpointed: {before:?} {after:?}"
+    );
+}

@@ -21,16 +21,28 @@
 //! its scripts alone. A caller that goes away (a client that hung up during its hold)
 //! never leaves a transaction half done: the thread finishes what it took.
 //!
+//! When the writer has been idle for a while (no script queued or running for
+//! [`INLINE_AFTER`]), a script runs on its caller's thread instead, on the same
+//! connection: a lone chat on a quiet gateway then does not wait for two threads to wake
+//! (the writer's, then its own event loop's for the reply), which on an idle machine
+//! costs more than the transaction. It is bounded: it never waits for SQLite's lock
+//! (busy timeout 0: when the pool's connection holds the lock, the script goes to the
+//! thread instead) and never checkpoints (the thread copies the WAL back, told by the
+//! commit). Under load the writer is never idle that long and nothing runs inline.
+//!
 //! The pool's connection still writes too (the general paths, the admin's work); both wait
 //! for each other's transactions (SQLite's busy timeout), and every general transaction
 //! writes first, so none of them has to give up (see [`super::connect`]).
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::ffi::c_int;
 use std::mem;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use rusqlite::hooks::Wal;
 use rusqlite::types::{ToSql, ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
@@ -43,6 +55,8 @@ const MAX_GROUP: usize = 64;
 const PREPARED: usize = 128;
 /// How often an idle writer looks whether its pool is gone (then it ends).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// A script runs on its caller's thread when the writer has been idle this long.
+const INLINE_AFTER: Duration = Duration::from_millis(2);
 
 /// What a script's caller gets: its rows, `None` when it was declined, or the error.
 pub(super) type Outcome = Result<Option<Vec<Row>>, DbErr>;
@@ -105,6 +119,12 @@ struct Writer {
 #[derive(Default)]
 struct State {
     jobs: Vec<Job>,
+    /// The connection, when nobody is using it.
+    conn: Slot,
+    /// When the connection was last given back (`None`: never used yet).
+    idle_since: Option<Instant>,
+    /// A commit found the WAL long: the thread checkpoints before anything else.
+    checkpoint_due: bool,
     /// The writer's thread is running.
     thread: bool,
     /// … and waits on `wake` (a new job must wake it).
@@ -112,11 +132,76 @@ struct State {
     counts: Counts,
 }
 
+/// Where the writer's connection is.
+#[derive(Default)]
+enum Slot {
+    /// Not opened yet (or closed after a failure): the thread opens it.
+    #[default]
+    Closed,
+    Idle(Connection),
+    /// In use by the thread or by an inline caller.
+    Lent,
+}
+
+impl Slot {
+    fn is_lent(&self) -> bool {
+        matches!(self, Slot::Lent)
+    }
+}
+
+/// The connection while someone uses it: given back when dropped (also when its user
+/// panics), rolled back first if a transaction was left open, closed if that fails.
+struct Borrowed<'a> {
+    writer: &'a Writer,
+    conn: Option<Connection>,
+}
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        let conn = self.conn.take().filter(roll_back);
+        let checkpoint_due = CHECKPOINT_DUE.take();
+        let mut state = lock(&self.writer.state);
+        state.conn = conn.map_or(Slot::Closed, Slot::Idle);
+        state.idle_since = Some(Instant::now());
+        state.checkpoint_due |= checkpoint_due;
+        if state.waiting && (!state.jobs.is_empty() || state.checkpoint_due) {
+            state.waiting = false;
+            self.writer.wake.notify_one();
+        }
+    }
+}
+
+thread_local! {
+    /// This thread is a writer's: its commits checkpoint when the WAL is long.
+    static ON_WRITER_THREAD: Cell<bool> = const { Cell::new(false) };
+    /// A commit on this (non-writer) thread found the WAL long.
+    static CHECKPOINT_DUE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called by SQLite after every commit of the writer's connection with the WAL's length
+/// in pages (it replaces `wal_autocheckpoint`, which does the same on every thread).
+fn after_commit(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    if pages >= c_int::try_from(super::SQLITE_CHECKPOINT_PAGES).unwrap_or(c_int::MAX) {
+        if ON_WRITER_THREAD.get() {
+            // As the automatic checkpoint does: passive, its failure (readers in the
+            // way) is no failure of the commit, which has happened.
+            let _ = wal.checkpoint();
+        } else {
+            CHECKPOINT_DUE.set(true);
+        }
+    }
+    Ok(())
+}
+
 /// Scripts run and the transactions they went in.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     pub scripts: u64,
     pub transactions: u64,
+    /// Of the scripts, those run on their caller's thread.
+    pub inline: u64,
+    /// Checkpoints the thread ran because a commit elsewhere found the WAL long.
+    pub checkpoints: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -147,10 +232,23 @@ pub fn counts(pool: &SqlitePool) -> Counts {
     lock(&writer_of(&pool.connect_options()).state).counts
 }
 
-/// Runs `script` in its turn, alone or with others that wait at the same time.
+/// Runs `script` in its turn, alone or with others that wait at the same time — or at
+/// once on this thread when the writer has been idle (see the module's notes).
 pub(super) async fn run(pool: &SqlitePool, script: Script) -> Outcome {
+    let options = pool.connect_options();
+    let writer = writer_of(&options);
+    if let Some(mut borrowed) = writer.lend_if_idle()
+        && let Some(outcome) = inline(&mut borrowed, &script)
+    {
+        drop(borrowed);
+        let mut state = lock(&writer.state);
+        state.counts.inline += 1;
+        state.counts.scripts += 1;
+        state.counts.transactions += 1;
+        return outcome;
+    }
     let (reply, outcome) = oneshot::channel();
-    submit(&pool.connect_options(), Job { script, reply });
+    submit(&options, Job { script, reply });
     outcome.await.unwrap_or_else(|_| {
         Err(conn_error(
             "the SQLite writer stopped before running the script",
@@ -214,20 +312,21 @@ impl Drop for Running<'_> {
 /// The writer's thread: takes what has arrived, runs it, waits for more; ends when its
 /// pool is gone.
 fn work(writer: &Writer, owner: &Weak<SqliteConnectOptions>, path: &Path) {
+    ON_WRITER_THREAD.set(true);
     let mut running = Running {
         writer,
         ended: false,
     };
-    let mut conn: Option<Connection> = None;
     loop {
-        let Some(jobs) = next_jobs(writer, owner) else {
+        let Some((jobs, conn, checkpoint)) = next_jobs(writer, owner) else {
             running.ended = true;
             return;
         };
-        let c = match conn.as_mut() {
+        let mut borrowed = Borrowed { writer, conn };
+        let conn = match borrowed.conn.as_mut() {
             Some(c) => c,
             None => match open(path) {
-                Ok(c) => conn.insert(c),
+                Ok(c) => borrowed.conn.insert(c),
                 Err(e) => {
                     let message = format!("opening SQLite's writer connection failed: {e}");
                     for job in jobs {
@@ -237,14 +336,44 @@ fn work(writer: &Writer, owner: &Weak<SqliteConnectOptions>, path: &Path) {
                 }
             },
         };
-        if !run_group(writer, c, jobs) {
+        if checkpoint {
+            // Passive, as after any long commit; a failure leaves it to the next one.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            lock(&writer.state).counts.checkpoints += 1;
+        }
+        if !jobs.is_empty() && !run_group(writer, conn, jobs) {
             // The connection could not be brought back out of a transaction.
-            conn = None;
+            borrowed.conn = None;
         }
     }
 }
 
 impl Writer {
+    /// The connection, if nothing is queued or running, the thread is there to take over
+    /// afterwards, and it has been idle for [`INLINE_AFTER`].
+    fn lend_if_idle(&self) -> Option<Borrowed<'_>> {
+        let mut state = lock(&self.state);
+        if !state.jobs.is_empty()
+            || !state.thread
+            || state.checkpoint_due
+            || state
+                .idle_since
+                .is_none_or(|since| since.elapsed() < INLINE_AFTER)
+        {
+            return None;
+        }
+        if !matches!(state.conn, Slot::Idle(_)) {
+            return None;
+        }
+        let Slot::Idle(conn) = mem::replace(&mut state.conn, Slot::Lent) else {
+            return None;
+        };
+        Some(Borrowed {
+            writer: self,
+            conn: Some(conn),
+        })
+    }
+
     /// Counts `scripts` run in `transactions`, before their callers are answered.
     fn record(&self, scripts: usize, transactions: u64) {
         let mut state = lock(&self.state);
@@ -253,17 +382,25 @@ impl Writer {
     }
 }
 
-/// Takes the next jobs, waiting for them; `None` (the writer marked stopped) when the
-/// pool is gone.
-fn next_jobs(writer: &Writer, owner: &Weak<SqliteConnectOptions>) -> Option<Vec<Job>> {
+/// What the thread does next: jobs (perhaps none), the connection (`None`: to be
+/// opened), whether to checkpoint first. Waits for work and for the connection to be
+/// given back; `None` (the writer marked stopped) when the pool is gone.
+type Next = (Vec<Job>, Option<Connection>, bool);
+
+fn next_jobs(writer: &Writer, owner: &Weak<SqliteConnectOptions>) -> Option<Next> {
     let mut state = lock(&writer.state);
     loop {
-        if !state.jobs.is_empty() {
-            return Some(if state.jobs.len() <= MAX_GROUP {
+        if (!state.jobs.is_empty() || state.checkpoint_due) && !state.conn.is_lent() {
+            let jobs = if state.jobs.len() <= MAX_GROUP {
                 mem::take(&mut state.jobs)
             } else {
                 state.jobs.drain(..MAX_GROUP).collect()
-            });
+            };
+            let conn = match mem::replace(&mut state.conn, Slot::Lent) {
+                Slot::Idle(conn) => Some(conn),
+                Slot::Closed | Slot::Lent => None,
+            };
+            return Some((jobs, conn, mem::take(&mut state.checkpoint_due)));
         }
         if owner.strong_count() == 0 {
             state.thread = false;
@@ -287,7 +424,8 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(super::SQLITE_BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "wal_autocheckpoint", super::SQLITE_CHECKPOINT_PAGES)?;
+    // Checkpoints as `wal_autocheckpoint` would, but only on the writer's thread.
+    conn.wal_hook(Some(after_commit));
     conn.set_prepared_statement_cache_capacity(PREPARED);
     Ok(conn)
 }
@@ -436,6 +574,28 @@ fn run_group(writer: &Writer, conn: &Connection, jobs: Vec<Job>) -> bool {
         let _ = job.reply.send(outcome);
     }
     usable
+}
+
+/// `script` on its caller's thread, without waiting for SQLite's lock: `None` (nothing
+/// done) when the lock is taken, else its outcome.
+fn inline(borrowed: &mut Borrowed<'_>, script: &Script) -> Option<Outcome> {
+    let conn = borrowed.conn.as_ref()?;
+    let _ = conn.busy_timeout(Duration::ZERO);
+    let result = alone(conn, script);
+    let _ = conn.busy_timeout(super::SQLITE_BUSY_TIMEOUT);
+    match result {
+        Ok(rows) => Some(Ok(Some(rows))),
+        Err(error) => {
+            if !roll_back(conn) {
+                borrowed.conn = None;
+            }
+            let busy = matches!(
+                error.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            );
+            (!busy).then(|| stopped_at(error))
+        }
+    }
 }
 
 /// `script` in a transaction of its own; left open when it stops.
