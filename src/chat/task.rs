@@ -142,12 +142,20 @@ async fn drive(app: &App, job: &AnswerJob, progress: &mut Progress<'_>) -> Outco
                     progress.usage = usage;
                 }
                 let text = content.as_deref().unwrap_or_default();
-                if !text.is_empty() && progress.first_content.is_none() {
+                let first = !text.is_empty() && progress.first_content.is_none();
+                if first {
                     progress.first_content = Some(Instant::now());
                 }
                 let shown = progress
                     .gate
                     .offer(event.data.clone(), text, |raw, text| answer.push(raw, text));
+                if first {
+                    // The first piece goes out now: the reader's connection (on this
+                    // thread) writes it before the rest of what arrived with it is
+                    // parsed — when the upstream sends a whole answer at once, the time
+                    // to first content is otherwise the time to parse all of it.
+                    tokio::task::yield_now().await;
+                }
                 if shown == Verdict::Blocked {
                     tracing::info!(message_id = %answer.message_id, "answer cut at a listed word");
                     metrics::counter!(crate::metrics::CONTENT_BLOCKED, "by" => "words_output")
