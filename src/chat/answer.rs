@@ -344,6 +344,9 @@ enum ReaderState {
 /// What a reader's output buffer starts with: a typical piece's frame (tens of bytes)
 /// fits, and it grows when more is pending. Small, as it lives as long as the stream.
 const READER_BUFFER: usize = 256;
+/// Framing bytes per piece, for reserving room for a batch: `data: …\n\n` around an SSE
+/// event, `success: {"content":"…"}\r\n` and escapes around a mini-program piece.
+const FRAMING_ROOM: usize = 48;
 
 /// One client's view of an answer: yields the HTTP chunks to send.
 pub struct Reader {
@@ -451,7 +454,21 @@ impl Reader {
             self.next_piece = live.lens.len();
             self.next_byte = live.content.len();
         }
-        for i in self.next_piece..live.lens.len() {
+        // Room for all the new pieces at once (when an upstream sends a batch, a hundred
+        // of them) instead of growing the buffer piece by piece: each framed piece is its
+        // event or text and a few dozen bytes of framing.
+        let new_pieces = self.next_piece..live.lens.len();
+        if new_pieces.len() > 1 {
+            let bytes: usize = new_pieces
+                .clone()
+                .map(|i| match live.raw(i) {
+                    Some(raw) if self.framing == Framing::Sse => raw.len(),
+                    _ => live.lens[i] as usize,
+                })
+                .sum();
+            out.reserve(bytes + FRAMING_ROOM * new_pieces.len());
+        }
+        for i in new_pieces {
             let start = self.next_byte;
             self.next_byte += live.lens[i] as usize;
             if self.framing == Framing::Sse
