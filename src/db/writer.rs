@@ -105,7 +105,16 @@ impl Row {
 
 struct Job {
     script: Script,
-    reply: oneshot::Sender<Outcome>,
+    /// The outcome, and the script back: its caller's thread frees it (freeing on this
+    /// thread what another allocated takes the other thread's allocator lock).
+    reply: oneshot::Sender<(Outcome, Script)>,
+}
+
+impl Job {
+    fn answer(self, outcome: Outcome) {
+        let Job { script, reply } = self;
+        let _ = reply.send((outcome, script));
+    }
 }
 
 /// The writer of one database.
@@ -249,11 +258,15 @@ pub(super) async fn run(pool: &SqlitePool, script: Script) -> Outcome {
     }
     let (reply, outcome) = oneshot::channel();
     submit(&options, Job { script, reply });
-    outcome.await.unwrap_or_else(|_| {
-        Err(conn_error(
+    match outcome.await {
+        Ok((outcome, script)) => {
+            drop(script);
+            outcome
+        }
+        Err(_) => Err(conn_error(
             "the SQLite writer stopped before running the script",
-        ))
-    })
+        )),
+    }
 }
 
 /// Queues `job` and wakes the writer's thread, starting it if it is not running.
@@ -278,7 +291,7 @@ fn submit(options: &Arc<SqliteConnectOptions>, job: Job) {
             Err(e) => {
                 let message = format!("starting SQLite's writer failed: {e}");
                 for job in state.jobs.drain(..) {
-                    let _ = job.reply.send(Err(conn_error(&message)));
+                    job.answer(Err(conn_error(&message)));
                 }
             }
         }
@@ -301,9 +314,7 @@ impl Drop for Running<'_> {
             state.thread = false;
             state.waiting = false;
             for job in state.jobs.drain(..) {
-                let _ = job
-                    .reply
-                    .send(Err(conn_error("SQLite's writer stopped unexpectedly")));
+                job.answer(Err(conn_error("SQLite's writer stopped unexpectedly")));
             }
         }
     }
@@ -330,7 +341,7 @@ fn work(writer: &Writer, owner: &Weak<SqliteConnectOptions>, path: &Path) {
                 Err(e) => {
                     let message = format!("opening SQLite's writer connection failed: {e}");
                     for job in jobs {
-                        let _ = job.reply.send(Err(conn_error(&message)));
+                        job.answer(Err(conn_error(&message)));
                     }
                     continue;
                 }
@@ -556,9 +567,7 @@ fn run_group(writer: &Writer, conn: &Connection, jobs: Vec<Job>) -> bool {
     for job in jobs {
         if !usable {
             writer.record(1, 0);
-            let _ = job
-                .reply
-                .send(Err(conn_error("the SQLite connection was closed")));
+            job.answer(Err(conn_error("the SQLite connection was closed")));
             continue;
         }
         let outcome = match alone(conn, &job.script) {
@@ -571,7 +580,7 @@ fn run_group(writer: &Writer, conn: &Connection, jobs: Vec<Job>) -> bool {
             }
         };
         writer.record(1, 1);
-        let _ = job.reply.send(outcome);
+        job.answer(outcome);
     }
     usable
 }
@@ -622,7 +631,7 @@ fn together(writer: &Writer, conn: &Connection, jobs: Vec<Job>) -> Result<(), Ve
     };
     writer.record(jobs.len(), 1);
     for (job, outcome) in jobs.into_iter().zip(outcomes) {
-        let _ = job.reply.send(outcome);
+        job.answer(outcome);
     }
     Ok(())
 }
