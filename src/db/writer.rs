@@ -373,16 +373,17 @@ impl Writer {
         {
             return None;
         }
-        if !matches!(state.conn, Slot::Idle(_)) {
-            return None;
+        match mem::replace(&mut state.conn, Slot::Lent) {
+            Slot::Idle(conn) => Some(Borrowed {
+                writer: self,
+                conn: Some(conn),
+            }),
+            // Closed (the thread opens it) or lent: left as it was.
+            other => {
+                state.conn = other;
+                None
+            }
         }
-        let Slot::Idle(conn) = mem::replace(&mut state.conn, Slot::Lent) else {
-            return None;
-        };
-        Some(Borrowed {
-            writer: self,
-            conn: Some(conn),
-        })
     }
 
     /// Counts `scripts` run in `transactions`, before their callers are answered.
