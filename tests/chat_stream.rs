@@ -926,8 +926,17 @@ async fn flush_many(gw: &Gateway) {
     let texts = ["第一个 'quoted'", "second\nline", "stopped"];
     let mut pairs: Vec<(&str, &str)> = streaming.iter().map(String::as_str).zip(texts).collect();
     pairs.push((&finished, "stale"));
+    let before = chatgate::db::sqlite_write_counts(&gw.app.db);
     let changed = store::flush_contents(&gw.app.db, &pairs).await.unwrap();
     assert_eq!(changed, 2, "the two streaming answers not asked to stop");
+    if gw.app.db.get_database_backend() == sea_orm::DbBackend::Sqlite {
+        let after = chatgate::db::sqlite_write_counts(&gw.app.db);
+        // (The background flush goes the same way: at least this one.)
+        assert!(
+            after.scripts > before.scripts,
+            "on SQLite the flush goes through SQLite's writer: {before:?} {after:?}"
+        );
+    }
     for (id, expected) in streaming
         .iter()
         .zip(["第一个 'quoted'", "second\nline", ""])

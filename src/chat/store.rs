@@ -153,6 +153,10 @@ pub fn turn_statements(backend: DbBackend, turn: NewTurn<'_>) -> Vec<Statement> 
 /// pairs). Only rows still streaming and not asked to stop change: a flush that lands
 /// late (after its answer was stored finished) never overwrites the final text.
 /// Returns how many rows changed.
+///
+/// On SQLite it goes through SQLite's writer ([`crate::db::sqlite_transaction`]), in
+/// turn with the holds and settlements (often in their group's transaction) instead of
+/// polling for the lock from the pool's connection while the writer holds it.
 pub async fn flush_contents(
     db: &DatabaseConnection,
     answers: &[(&str, &str)],
@@ -165,17 +169,29 @@ pub async fn flush_contents(
     for &(id, content) in pairs {
         text = text.case(message::Column::Id.eq(id), content);
     }
-    let result = message::Entity::update_many()
+    let update = message::Entity::update_many()
         .col_expr(
             message::Column::Content,
             text.finally(Expr::col(message::Column::Content)).into(),
         )
         .filter(message::Column::Id.is_in(answers.iter().map(|&(id, _)| id)))
         .filter(message::Column::StopRequested.eq(false))
-        .filter(message::Column::Status.eq(STREAMING))
-        .exec(db)
-        .await?;
-    Ok(result.rows_affected)
+        .filter(message::Column::Status.eq(STREAMING));
+    let backend = db.get_database_backend();
+    if backend == DbBackend::Sqlite {
+        let script = vec![
+            update.build(backend),
+            Statement::from_string(backend, "SELECT changes() AS changed"),
+        ];
+        if let Some(rows) = crate::db::sqlite_transaction(db, script).await? {
+            let changed = match rows.first() {
+                Some(row) => row.get_i64("changed")?,
+                None => 0,
+            };
+            return Ok(u64::try_from(changed).unwrap_or_default());
+        }
+    }
+    Ok(update.exec(db).await?.rows_affected)
 }
 
 /// Of the answers `ids`, those a stop was requested for (from any replica).
