@@ -683,22 +683,13 @@ async fn a_sqlite_script_commits_whole_or_not_at_all() {
     let (_, user_id) = gw.register_with("script", 1_000).await;
     let balance = || async {
         let row = db
-            .query_one_raw(Statement::from_string(
-                DbBackend::Sqlite,
-                format!("SELECT balance_micros AS b FROM users WHERE id = {user_id}"),
-            ))
+            .query_one_raw(balance_query(user_id))
             .await
             .unwrap()
             .unwrap();
         row.try_get::<i64>("", "b").unwrap()
     };
-    let spend = |micros: i64| {
-        Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            "UPDATE users SET balance_micros = balance_micros - ? WHERE id = ?",
-            [micros.into(), user_id.into()],
-        )
-    };
+    let spend = |micros: i64| debit(user_id, micros);
 
     let declined = sqlite_transaction(
         db,
@@ -725,23 +716,42 @@ async fn a_sqlite_script_commits_whole_or_not_at_all() {
         vec![
             spend(100),
             sqlite_require("changes() = 1", Vec::new()),
-            Statement::from_string(
-                DbBackend::Sqlite,
-                format!("SELECT balance_micros AS b FROM users WHERE id = {user_id}"),
-            ),
+            balance_query(user_id),
         ],
     )
     .await
     .unwrap()
     .expect("the requirement held");
     assert_eq!(rows.len(), 1, "the requirement returns no row of its own");
-    assert_eq!(rows[0].get_i64("b").unwrap(), 900);
+    assert_eq!(balance_in(&rows), 900);
 
     // No transaction was left open: one can begin and commit as usual.
     let txn = db.begin().await.unwrap();
     txn.execute_raw(spend(1)).await.unwrap();
     txn.commit().await.unwrap();
     assert_eq!(balance().await, 899);
+}
+
+/// Takes `micros` from `user_id`'s balance (a statement for SQLite's writer tests).
+fn debit(user_id: i64, micros: i64) -> sea_orm::Statement {
+    sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Sqlite,
+        "UPDATE users SET balance_micros = balance_micros - ? WHERE id = ?",
+        [micros.into(), user_id.into()],
+    )
+}
+
+/// Reads `user_id`'s balance as column `b` (see [`balance_in`]).
+fn balance_query(user_id: i64) -> sea_orm::Statement {
+    sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Sqlite,
+        format!("SELECT balance_micros AS b FROM users WHERE id = {user_id}"),
+    )
+}
+
+/// The balance a script's [`balance_query`] returned (its first row).
+fn balance_in(rows: &[chatgate::db::SqliteRow]) -> i64 {
+    rows[0].get_i64("b").unwrap()
 }
 
 /// SQLite's write lock, taken by the pool's connection and held until the transaction is
@@ -770,12 +780,6 @@ async fn sqlite_scripts_waiting_together_share_a_transaction_and_end_as_alone() 
     let gw = Gateway::start(|_| {}).await;
     let db = &gw.app.db;
     let (_, user_id) = gw.register_with("group", 1_000).await;
-    let balance_query = || {
-        Statement::from_string(
-            DbBackend::Sqlite,
-            format!("SELECT balance_micros AS b FROM users WHERE id = {user_id}"),
-        )
-    };
     // Spends `micros` if the balance has them, else declines; returns the balance.
     let spend = |micros: i64| {
         vec![
@@ -786,7 +790,7 @@ async fn sqlite_scripts_waiting_together_share_a_transaction_and_end_as_alone() 
                 [micros.into(), user_id.into(), micros.into()],
             ),
             sqlite_require("changes() = 1", Vec::new()),
-            balance_query(),
+            balance_query(user_id),
         ]
     };
     let mut failing = spend(100);
@@ -817,12 +821,11 @@ async fn sqlite_scripts_waiting_together_share_a_transaction_and_end_as_alone() 
         "the scripts waited together and went in at most two transactions: {before:?} {after:?}"
     );
 
-    let balance_of = |rows: &[chatgate::db::SqliteRow]| rows[0].get_i64("b").unwrap();
     let mut outcomes = outcomes.into_iter();
     let first = outcomes.next().unwrap().unwrap().expect("600 left");
-    assert_eq!(balance_of(&first), 600);
+    assert_eq!(balance_in(&first), 600);
     let second = outcomes.next().unwrap().unwrap().expect("200 left");
-    assert_eq!(balance_of(&second), 200);
+    assert_eq!(balance_in(&second), 200);
     assert!(
         outcomes.next().unwrap().unwrap().is_none(),
         "400 more than the balance: declined"
@@ -833,7 +836,7 @@ async fn sqlite_scripts_waiting_together_share_a_transaction_and_end_as_alone() 
     );
     let last = outcomes.next().unwrap().unwrap().expect("the last 200");
     assert_eq!(
-        balance_of(&last),
+        balance_in(&last),
         0,
         "the declined and the failed spent nothing"
     );
@@ -848,11 +851,11 @@ async fn sqlite_scripts_waiting_together_share_a_transaction_and_end_as_alone() 
     .await
     .unwrap();
     txn.commit().await.unwrap();
-    let rows = sqlite_transaction(db, vec![balance_query()])
+    let rows = sqlite_transaction(db, vec![balance_query(user_id)])
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(balance_of(&rows), 7);
+    assert_eq!(balance_in(&rows), 7);
 }
 
 /// A caller that goes away while its script waits or runs (a client hanging up during its
@@ -861,25 +864,11 @@ async fn sqlite_scripts_waiting_together_share_a_transaction_and_end_as_alone() 
 #[tokio::test]
 async fn a_sqlite_script_whose_caller_left_still_ends_whole() {
     use chatgate::db::sqlite_transaction;
-    use sea_orm::{DbBackend, Statement};
 
     let gw = Gateway::start(|_| {}).await;
     let db = &gw.app.db;
     let (_, user_id) = gw.register_with("left", 1_000).await;
-    let spend = |micros: i64| {
-        vec![
-            Statement::from_sql_and_values(
-                DbBackend::Sqlite,
-                "UPDATE users SET balance_micros = balance_micros - ? WHERE id = ?",
-                [micros.into(), user_id.into()],
-            ),
-            Statement::from_sql_and_values(
-                DbBackend::Sqlite,
-                "UPDATE users SET balance_micros = balance_micros - ? WHERE id = ?",
-                [micros.into(), user_id.into()],
-            ),
-        ]
-    };
+    let spend = |micros: i64| vec![debit(user_id, micros), debit(user_id, micros)];
     // The write lock: the writer cannot finish a script before its caller leaves.
     let lock = sqlite_write_lock(db).await;
     for _ in 0..3 {
@@ -893,18 +882,12 @@ async fn a_sqlite_script_whose_caller_left_still_ends_whole() {
         drop(abandoned);
     }
     lock.commit().await.unwrap();
-    let rows = sqlite_transaction(
-        db,
-        vec![Statement::from_string(
-            DbBackend::Sqlite,
-            format!("SELECT balance_micros AS b FROM users WHERE id = {user_id}"),
-        )],
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let rows = sqlite_transaction(db, vec![balance_query(user_id)])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        rows[0].get_i64("b").unwrap(),
+        balance_in(&rows),
         700,
         "each abandoned script ran whole (2 × 50 each), none half"
     );
@@ -950,26 +933,12 @@ async fn sqlite_scripts_from_many_threads_all_run() {
 #[tokio::test]
 async fn an_idle_sqlite_writer_runs_a_script_inline_but_never_waits_for_the_lock_there() {
     use chatgate::db::{sqlite_transaction, sqlite_write_counts};
-    use sea_orm::{DbBackend, Statement};
 
     let gw = Gateway::start(|_| {}).await;
     let db = &gw.app.db;
     let (_, user_id) = gw.register_with("inline", 1_000).await;
-    let spend = |micros: i64| {
-        vec![
-            Statement::from_sql_and_values(
-                DbBackend::Sqlite,
-                "UPDATE users SET balance_micros = balance_micros - ? WHERE id = ?",
-                [micros.into(), user_id.into()],
-            ),
-            Statement::from_string(
-                DbBackend::Sqlite,
-                format!("SELECT balance_micros AS b FROM users WHERE id = {user_id}"),
-            ),
-        ]
-    };
-    let balance =
-        |rows: Option<Vec<chatgate::db::SqliteRow>>| rows.unwrap()[0].get_i64("b").unwrap();
+    let spend = |micros: i64| vec![debit(user_id, micros), balance_query(user_id)];
+    let balance = |rows: Option<Vec<chatgate::db::SqliteRow>>| balance_in(&rows.unwrap());
 
     // Idle: run inline.
     tokio::time::sleep(Duration::from_millis(20)).await;
