@@ -263,7 +263,7 @@ async fn store_file(
     bytes: Bytes,
     content_type: &str,
 ) -> Result<String, AppError> {
-    let name = format!("{}.{}", store::random_name(), extension(content_type));
+    let name = format!("{}.{}", store::random_id(), extension(content_type));
     let now = crate::clock::unix_millis();
     file::ActiveModel {
         name: Set(name.clone()),

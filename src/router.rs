@@ -230,10 +230,5 @@ fn request_id(req: &Request<Incoming>) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(String::from)
-        .unwrap_or_else(|| {
-            uuid::Builder::from_random_bytes(rand::random())
-                .into_uuid()
-                .simple()
-                .to_string()
-        })
+        .unwrap_or_else(crate::chat::store::random_id)
 }

@@ -35,10 +35,14 @@ pub fn new_id() -> String {
         .to_string()
 }
 
-/// A new name that is the only key to what it names (a public file's): 122 random bits,
-/// nothing of when it was made.
-pub fn random_name() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+/// A new id with nothing of when it was made: 122 random bits (UUID version 4), for a
+/// name that is the only key to what it names (a public file's) and for request ids.
+/// From the thread's generator, a cryptographic one seeded from the system's.
+pub fn random_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .simple()
+        .to_string()
 }
 
 /// The conversation `id` if `user_id` owns it.
@@ -359,7 +363,7 @@ mod tests {
         }
         let distinct: std::collections::HashSet<&String> = later.iter().collect();
         assert_eq!(distinct.len(), later.len());
-        let name = random_name();
+        let name = random_id();
         assert_eq!(uuid::Uuid::parse_str(&name).unwrap().get_version_num(), 4);
     }
 }
