@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
+pub(crate) mod template;
 mod writer;
+pub use template::Template;
 pub use writer::Counts as SqliteWriteCounts;
 pub use writer::Row as SqliteRow;
 

@@ -5,10 +5,11 @@ use entity::{conversation, message};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait,
+    QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait, Value,
 };
 
 use super::history::Turn;
+use crate::db::Template;
 use crate::error::AppError;
 
 pub const STREAMING: &str = "streaming";
@@ -106,12 +107,85 @@ pub struct NewTurn<'a> {
 /// question and (empty, streaming) answer rows. The hold's transaction runs them
 /// together with its own insert.
 pub fn turn_statements(backend: DbBackend, turn: NewTurn<'_>) -> Vec<Statement> {
-    let now = crate::clock::unix_millis();
-    let conversation = match turn.new_conversation_title {
+    turn_statements_at(backend, &turn, crate::clock::unix_millis(), &new_id())
+}
+
+/// [`turn_statements`] at `now`, the question's row with id `question_id`.
+fn turn_statements_at(
+    backend: DbBackend,
+    turn: &NewTurn<'_>,
+    now: i64,
+    question_id: &str,
+) -> Vec<Statement> {
+    static NEW_CONVERSATION: Template = Template::new();
+    static TOUCH_CONVERSATION: Template = Template::new();
+    static MESSAGES: Template = Template::new();
+    let conversation = match &turn.new_conversation_title {
+        Some(title) => NEW_CONVERSATION.bind(
+            backend,
+            || build_turn_statements(backend, turn, now, question_id).swap_remove(0),
+            vec![
+                turn.conversation_id.into(),
+                turn.user_id.into(),
+                title.as_str().into(),
+                now.into(),
+                now.into(),
+            ],
+        ),
+        None => TOUCH_CONVERSATION.bind(
+            backend,
+            || build_turn_statements(backend, turn, now, question_id).swap_remove(0),
+            vec![now.into(), turn.conversation_id.into()],
+        ),
+    };
+    let row = |id: &str, seq: i64, role: &str, content: &str, status: &str| -> [Value; 15] {
+        [
+            id.into(),
+            turn.conversation_id.into(),
+            turn.user_id.into(),
+            seq.into(),
+            role.into(),
+            content.into(),
+            status.into(),
+            turn.model.into(),
+            0i64.into(),
+            0i64.into(),
+            0i64.into(),
+            Option::<i32>::None.into(),
+            false.into(),
+            now.into(),
+            Option::<i64>::None.into(),
+        ]
+    };
+    let mut values = Vec::with_capacity(30);
+    values.extend(row(question_id, turn.seq, "user", turn.question, DONE));
+    values.extend(row(
+        turn.answer_id,
+        turn.seq + 1,
+        "assistant",
+        "",
+        STREAMING,
+    ));
+    let messages = MESSAGES.bind(
+        backend,
+        || build_turn_statements(backend, turn, now, question_id).swap_remove(1),
+        values,
+    );
+    vec![conversation, messages]
+}
+
+/// [`turn_statements_at`] as sea-query builds them.
+fn build_turn_statements(
+    backend: DbBackend,
+    turn: &NewTurn<'_>,
+    now: i64,
+    question_id: &str,
+) -> Vec<Statement> {
+    let conversation = match &turn.new_conversation_title {
         Some(title) => conversation::Entity::insert(conversation::ActiveModel {
             id: Set(turn.conversation_id.to_string()),
             user_id: Set(turn.user_id),
-            title: Set(title),
+            title: Set(title.clone()),
             created_at: Set(now),
             updated_at: Set(now),
         })
@@ -140,7 +214,13 @@ pub fn turn_statements(backend: DbBackend, turn: NewTurn<'_>) -> Vec<Statement> 
             finished_at: Set(None),
         };
     let messages = message::Entity::insert_many([
-        row(new_id(), turn.seq, "user", turn.question, DONE),
+        row(
+            question_id.to_string(),
+            turn.seq,
+            "user",
+            turn.question,
+            DONE,
+        ),
         row(
             turn.answer_id.to_string(),
             turn.seq + 1,
@@ -229,6 +309,28 @@ pub struct Finished<'a> {
 
 /// The statement that stores an answer's final state (run in its settlement).
 pub fn finish_statement(backend: DbBackend, id: &str, f: &Finished<'_>) -> Statement {
+    finish_statement_at(backend, id, f, crate::clock::unix_millis())
+}
+
+fn finish_statement_at(backend: DbBackend, id: &str, f: &Finished<'_>, now: i64) -> Statement {
+    static FINISH: Template = Template::new();
+    FINISH.bind(
+        backend,
+        || build_finish_statement(backend, id, f, now),
+        vec![
+            f.status.into(),
+            f.content.into(),
+            (f.prompt_tokens as i64).into(),
+            (f.completion_tokens as i64).into(),
+            f.cost_micros.into(),
+            f.error_code.into(),
+            now.into(),
+            id.into(),
+        ],
+    )
+}
+
+fn build_finish_statement(backend: DbBackend, id: &str, f: &Finished<'_>, now: i64) -> Statement {
     message::Entity::update_many()
         .col_expr(message::Column::Status, Expr::value(f.status))
         .col_expr(message::Column::Content, Expr::value(f.content))
@@ -242,10 +344,7 @@ pub fn finish_statement(backend: DbBackend, id: &str, f: &Finished<'_>) -> State
         )
         .col_expr(message::Column::CostMicros, Expr::value(f.cost_micros))
         .col_expr(message::Column::ErrorCode, Expr::value(f.error_code))
-        .col_expr(
-            message::Column::FinishedAt,
-            Expr::value(crate::clock::unix_millis()),
-        )
+        .col_expr(message::Column::FinishedAt, Expr::value(now))
         .filter(message::Column::Id.eq(id))
         .build(backend)
 }
@@ -346,6 +445,40 @@ pub async fn close_abandoned(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A turn's statements and an answer's final row, on every backend, for a new and a
+    /// continued conversation: in debug builds a template checks itself against its
+    /// builder.
+    #[test]
+    fn the_turn_statements_bind_what_their_builders_build() {
+        for backend in crate::db::template::BACKENDS {
+            for (n, title) in [(1i64, Some("title".to_string())), (2, None)] {
+                let turn = NewTurn {
+                    user_id: n,
+                    conversation_id: "conversation",
+                    new_conversation_title: title,
+                    seq: 2 * n,
+                    question: "question?",
+                    answer_id: "answer",
+                    model: "m",
+                };
+                let built = build_turn_statements(backend, &turn, 1000 + n, "q");
+                assert_eq!(turn_statements_at(backend, &turn, 1000 + n, "q"), built);
+                let finished = Finished {
+                    status: DONE,
+                    content: "text",
+                    prompt_tokens: 3,
+                    completion_tokens: 4 * n as u64,
+                    cost_micros: 5,
+                    error_code: (n == 2).then_some(500),
+                };
+                assert_eq!(
+                    finish_statement_at(backend, "answer", &finished, 1000 + n),
+                    build_finish_statement(backend, "answer", &finished, 1000 + n)
+                );
+            }
+        }
+    }
 
     #[test]
     fn ids_are_hex_distinct_and_grow_with_time() {

@@ -14,6 +14,7 @@ use sea_orm::{
 use super::pricing::cost;
 use crate::chat::store::{self, Finished};
 use crate::config::ModelConfig;
+use crate::db::Template;
 use crate::error::{AppError, Refusal};
 use crate::upstream::chunk::Usage;
 
@@ -100,7 +101,6 @@ async fn take_in_one_script(
     let backend = DbBackend::Sqlite;
     let id = store::new_id();
     let now = crate::clock::unix_millis();
-    let took_one_row = Some("changes() = 1");
     let mut script = Vec::new();
     if req.free_per_day > 0 {
         script.extend(free_message_statements(
@@ -109,56 +109,22 @@ async fn take_in_one_script(
             req.day,
             req.free_per_day,
         ));
-        script.push(hold_statement(
-            backend,
-            &id,
-            req,
-            FREE,
-            0,
-            now,
-            took_one_row,
-        )?);
+        script.push(hold_statement(backend, &id, req, FREE, 0, now, true)?);
     }
     let worst = cost(
         req.price,
         &usage(prompt_with_margin(req.prompt_tokens), req.max_tokens),
     );
     // Skipped when the free message was taken.
-    let no_hold_yet = Expr::exists(
-        Query::select()
-            .expr(Expr::val(1))
-            .from(hold::Entity)
-            .and_where(hold::Column::Id.eq(id.as_str()))
-            .to_owned(),
-    )
-    .not();
-    script.push(debit_statement(
-        backend,
-        req.user_id,
-        worst,
-        Some(no_hold_yet),
-    ));
-    script.push(hold_statement(
-        backend,
-        &id,
-        req,
-        MONEY,
-        worst,
-        now,
-        took_one_row,
-    )?);
+    script.push(debit_unless_held(backend, req.user_id, worst, &id));
+    script.push(hold_statement(backend, &id, req, MONEY, worst, now, true)?);
     script.push(crate::db::sqlite_require(
         "EXISTS (SELECT 1 FROM \"holds\" WHERE \"id\" = ?)",
         vec![id.as_str().into()],
     ));
     // Copied: a declined script leaves them to the general path.
     script.extend(req.with.iter().cloned());
-    script.push(
-        hold::Entity::find_by_id(id.as_str())
-            .select_only()
-            .column_as(hold::Column::Kind, "kind")
-            .build(backend),
-    );
+    script.push(kind_query(backend, &id));
     let Some(rows) = crate::db::sqlite_transaction(db, script).await? else {
         return Ok(None);
     };
@@ -277,6 +243,51 @@ async fn debit<C: ConnectionTrait>(db: &C, user_id: i64, amount: i64) -> Result<
     Ok(db.execute_raw(statement).await?.rows_affected() == 1)
 }
 
+/// [`debit_statement`] skipped when the hold `hold_id` is stored already (the free
+/// message of the same script went in first).
+fn debit_unless_held(backend: DbBackend, user_id: i64, amount: i64, hold_id: &str) -> Statement {
+    static DEBIT_UNLESS_HELD: Template = Template::new();
+    DEBIT_UNLESS_HELD.bind(
+        backend,
+        || debit_statement(backend, user_id, amount, Some(no_hold(hold_id))),
+        vec![
+            amount.into(),
+            user_id.into(),
+            amount.into(),
+            false.into(),
+            1i32.into(),
+            hold_id.into(),
+        ],
+    )
+}
+
+/// True while no hold `id` is stored.
+fn no_hold(id: &str) -> sea_orm::sea_query::SimpleExpr {
+    Expr::exists(
+        Query::select()
+            .expr(Expr::val(1))
+            .from(hold::Entity)
+            .and_where(hold::Column::Id.eq(id))
+            .to_owned(),
+    )
+    .not()
+}
+
+/// The kind of the hold `id` (`kind`).
+fn kind_query(backend: DbBackend, id: &str) -> Statement {
+    static KIND: Template = Template::new();
+    KIND.bind(
+        backend,
+        || {
+            hold::Entity::find_by_id(id)
+                .select_only()
+                .column_as(hold::Column::Kind, "kind")
+                .build(backend)
+        },
+        vec![id.into()],
+    )
+}
+
 fn debit_statement(
     backend: DbBackend,
     user_id: i64,
@@ -313,6 +324,37 @@ async fn take_free_message<C: ConnectionTrait>(
 /// Today's usage row (made if missing), then one more free message on it only if the
 /// count is below `limit`: the second statement changes one row exactly when one was taken.
 fn free_message_statements(
+    backend: DbBackend,
+    user_id: i64,
+    day: &str,
+    limit: u32,
+) -> [Statement; 2] {
+    static ENSURE_ROW: Template = Template::new();
+    static TAKE_ONE: Template = Template::new();
+    let build = |i: usize| {
+        let [ensure_row, take_one] = build_free_message_statements(backend, user_id, day, limit);
+        if i == 0 { ensure_row } else { take_one }
+    };
+    [
+        ENSURE_ROW.bind(
+            backend,
+            || build(0),
+            vec![user_id.into(), day.into(), 0i32.into()],
+        ),
+        TAKE_ONE.bind(
+            backend,
+            || build(1),
+            vec![
+                1i32.into(),
+                user_id.into(),
+                day.into(),
+                (limit as i32).into(),
+            ],
+        ),
+    ]
+}
+
+fn build_free_message_statements(
     backend: DbBackend,
     user_id: i64,
     day: &str,
@@ -359,7 +401,15 @@ async fn insert<C: ConnectionTrait>(
 ) -> Result<Hold, AppError> {
     let id = store::new_id();
     let now = crate::clock::unix_millis();
-    let row = hold_statement(db.get_database_backend(), &id, req, kind, amount, now, None)?;
+    let row = hold_statement(
+        db.get_database_backend(),
+        &id,
+        req,
+        kind,
+        amount,
+        now,
+        false,
+    )?;
     let mut statements = vec![row];
     statements.append(&mut req.with);
     crate::db::script(db, statements, None).await?;
@@ -373,8 +423,45 @@ async fn insert<C: ConnectionTrait>(
     })
 }
 
-/// The hold's row; with `only_if` (SQL), inserted only when that is true then.
+/// The hold's row; with `only_after_a_change`, inserted only when the statement before
+/// it changed one row.
 fn hold_statement(
+    backend: DbBackend,
+    id: &str,
+    req: &Request<'_>,
+    kind: &str,
+    amount: i64,
+    now: i64,
+    only_after_a_change: bool,
+) -> Result<Statement, AppError> {
+    static PLAIN: Template = Template::new();
+    static AFTER_A_CHANGE: Template = Template::new();
+    let template = if only_after_a_change {
+        &AFTER_A_CHANGE
+    } else {
+        &PLAIN
+    };
+    let only_if = only_after_a_change.then_some("changes() = 1");
+    template.try_bind(
+        backend,
+        || build_hold_statement(backend, id, req, kind, amount, now, only_if),
+        vec![
+            id.into(),
+            req.user_id.into(),
+            req.message_id.into(),
+            kind.into(),
+            amount.into(),
+            (req.prompt_tokens as i64).into(),
+            req.day.into(),
+            OPEN.into(),
+            now.into(),
+        ],
+    )
+}
+
+/// [`hold_statement`] as sea-query builds it; with `only_if` (SQL), inserted only when
+/// that is true then.
+fn build_hold_statement(
     backend: DbBackend,
     id: &str,
     req: &Request<'_>,
@@ -521,6 +608,21 @@ async fn settle_in_transaction(
 
 /// Closes the hold, only if it is still open.
 fn close_statement(backend: DbBackend, s: &Settlement<'_>, now: i64) -> Statement {
+    static CLOSE: Template = Template::new();
+    let status = if s.failed { RELEASED } else { SETTLED };
+    CLOSE.bind(
+        backend,
+        || build_close_statement(backend, s, now),
+        vec![
+            status.into(),
+            now.into(),
+            s.hold.id.as_str().into(),
+            OPEN.into(),
+        ],
+    )
+}
+
+fn build_close_statement(backend: DbBackend, s: &Settlement<'_>, now: i64) -> Statement {
     hold::Entity::update_many()
         .col_expr(
             hold::Column::Status,
@@ -563,50 +665,13 @@ fn settlement_writes(backend: DbBackend, s: &Settlement<'_>, now: i64) -> (i64, 
         }
         let refund = s.hold.amount_micros - charged;
         if refund > 0 {
-            writes.push(
-                user::Entity::update_many()
-                    .col_expr(
-                        user::Column::BalanceMicros,
-                        Expr::col(user::Column::BalanceMicros).add(refund),
-                    )
-                    .filter(user::Column::Id.eq(user_id))
-                    .build(backend),
-            );
+            writes.push(refund_statement(backend, user_id, refund));
         }
         if charged > 0 {
-            writes.push(
-                ledger_entry::Entity::insert(ledger_entry::ActiveModel {
-                    user_id: Set(user_id),
-                    amount_micros: Set(-charged),
-                    kind: Set("charge".into()),
-                    reference: Set(super::reference("hold", &s.hold.id)),
-                    note: Set(format!("{} answer {}", s.model, s.message_id)),
-                    created_at: Set(now),
-                    ..Default::default()
-                })
-                .build(backend),
-            );
+            writes.push(charge_statement(backend, s, charged, now));
         }
     }
-    writes.push(
-        usage_record::Entity::insert(usage_record::ActiveModel {
-            user_id: Set(user_id),
-            message_id: Set(s.message_id.to_string()),
-            model: Set(s.model.to_string()),
-            channel: Set(s.channel.to_string()),
-            prompt_tokens: Set(s.usage.prompt_tokens as i64),
-            completion_tokens: Set(s.usage.completion_tokens as i64),
-            cost_micros: Set(s.cost_micros),
-            charged_micros: Set(charged),
-            free: Set(s.hold.free),
-            first_token_ms: Set(s.first_token_ms),
-            total_ms: Set(s.total_ms),
-            status: Set(s.answer.status.to_string()),
-            created_at: Set(now),
-            ..Default::default()
-        })
-        .build(backend),
-    );
+    writes.push(usage_statement(backend, s, charged, now));
     let answer = Finished {
         cost_micros: charged,
         ..s.answer
@@ -615,12 +680,117 @@ fn settlement_writes(backend: DbBackend, s: &Settlement<'_>, now: i64) -> (i64, 
     (charged, writes)
 }
 
+/// `refund` back to the balance of `user_id`.
+fn refund_statement(backend: DbBackend, user_id: i64, refund: i64) -> Statement {
+    static REFUND: Template = Template::new();
+    REFUND.bind(
+        backend,
+        || {
+            user::Entity::update_many()
+                .col_expr(
+                    user::Column::BalanceMicros,
+                    Expr::col(user::Column::BalanceMicros).add(refund),
+                )
+                .filter(user::Column::Id.eq(user_id))
+                .build(backend)
+        },
+        vec![refund.into(), user_id.into()],
+    )
+}
+
+/// The ledger entry of the answer's charge.
+fn charge_statement(backend: DbBackend, s: &Settlement<'_>, charged: i64, now: i64) -> Statement {
+    static CHARGE: Template = Template::new();
+    let reference = super::reference("hold", &s.hold.id);
+    let note = format!("{} answer {}", s.model, s.message_id);
+    CHARGE.bind(
+        backend,
+        || {
+            ledger_entry::Entity::insert(ledger_entry::ActiveModel {
+                user_id: Set(s.hold.user_id),
+                amount_micros: Set(-charged),
+                kind: Set("charge".into()),
+                reference: Set(reference.clone()),
+                note: Set(note.clone()),
+                created_at: Set(now),
+                ..Default::default()
+            })
+            .build(backend)
+        },
+        vec![
+            s.hold.user_id.into(),
+            (-charged).into(),
+            "charge".into(),
+            reference.as_str().into(),
+            note.as_str().into(),
+            now.into(),
+        ],
+    )
+}
+
+/// The answer's usage record.
+fn usage_statement(backend: DbBackend, s: &Settlement<'_>, charged: i64, now: i64) -> Statement {
+    static USAGE: Template = Template::new();
+    USAGE.bind(
+        backend,
+        || build_usage_statement(backend, s, charged, now),
+        vec![
+            s.hold.user_id.into(),
+            s.message_id.into(),
+            s.model.into(),
+            s.channel.into(),
+            (s.usage.prompt_tokens as i64).into(),
+            (s.usage.completion_tokens as i64).into(),
+            s.cost_micros.into(),
+            charged.into(),
+            s.hold.free.into(),
+            s.first_token_ms.into(),
+            s.total_ms.into(),
+            s.answer.status.into(),
+            now.into(),
+        ],
+    )
+}
+
+fn build_usage_statement(
+    backend: DbBackend,
+    s: &Settlement<'_>,
+    charged: i64,
+    now: i64,
+) -> Statement {
+    let user_id = s.hold.user_id;
+    usage_record::Entity::insert(usage_record::ActiveModel {
+        user_id: Set(user_id),
+        message_id: Set(s.message_id.to_string()),
+        model: Set(s.model.to_string()),
+        channel: Set(s.channel.to_string()),
+        prompt_tokens: Set(s.usage.prompt_tokens as i64),
+        completion_tokens: Set(s.usage.completion_tokens as i64),
+        cost_micros: Set(s.cost_micros),
+        charged_micros: Set(charged),
+        free: Set(s.hold.free),
+        first_token_ms: Set(s.first_token_ms),
+        total_ms: Set(s.total_ms),
+        status: Set(s.answer.status.to_string()),
+        created_at: Set(now),
+        ..Default::default()
+    })
+    .build(backend)
+}
+
 fn balance_query(backend: DbBackend, user_id: i64) -> Statement {
-    user::Entity::find()
-        .select_only()
-        .column_as(user::Column::BalanceMicros, "balance")
-        .filter(user::Column::Id.eq(user_id))
-        .build(backend)
+    static BALANCE: Template = Template::new();
+    BALANCE.bind(
+        backend,
+        || {
+            user::Entity::find()
+                .select_only()
+                .column_as(user::Column::BalanceMicros, "balance")
+                .filter(user::Column::Id.eq(user_id))
+                .build(backend)
+        },
+        vec![user_id.into()],
+    )
 }
 
 fn balance_of(rows: &[QueryResult]) -> Result<i64, AppError> {
@@ -633,6 +803,69 @@ fn balance_of(rows: &[QueryResult]) -> Result<i64, AppError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every statement of a hold and a settlement, on every backend, with two sets of
+    /// values each: in debug builds a template checks itself against its builder.
+    #[test]
+    fn the_hold_and_settlement_statements_bind_what_their_builders_build() {
+        let price = ModelConfig::default();
+        for backend in crate::db::template::BACKENDS {
+            for (n, failed, free) in [(1, false, false), (2, true, true)] {
+                let id = format!("hold-{n}");
+                let req = Request {
+                    user_id: n,
+                    message_id: "answer",
+                    price: &price,
+                    prompt_tokens: 10 * n as u64,
+                    max_tokens: 100,
+                    free_per_day: n as u32,
+                    day: "2026-11-23",
+                    with: Vec::new(),
+                };
+                debit_unless_held(backend, n, 50 * n, &id);
+                kind_query(backend, &id);
+                for after_a_change in [false, true] {
+                    hold_statement(backend, &id, &req, MONEY, 5 * n, 1000 + n, after_a_change)
+                        .unwrap();
+                }
+                free_message_statements(backend, n, req.day, 20 + n as u32);
+                let hold = Hold {
+                    id,
+                    user_id: n,
+                    free,
+                    amount_micros: 100 * n,
+                    day: req.day.into(),
+                    prompt_tokens: 10,
+                };
+                let s = Settlement {
+                    hold: &hold,
+                    message_id: "answer",
+                    model: "m",
+                    channel: "c",
+                    usage: usage(3, 4 * n as u64),
+                    cost_micros: 7 * n,
+                    failed,
+                    first_token_ms: (n == 1).then_some(12),
+                    total_ms: 34 * n,
+                    answer: Finished {
+                        status: "done",
+                        content: "text",
+                        prompt_tokens: 3,
+                        completion_tokens: 4,
+                        cost_micros: 7,
+                        error_code: (n == 2).then_some(500),
+                    },
+                };
+                close_statement(backend, &s, 1000 + n);
+                refund_statement(backend, n, 9 * n);
+                charge_statement(backend, &s, 6 * n, 1000 + n);
+                usage_statement(backend, &s, 6 * n, 1000 + n);
+                balance_query(backend, n);
+                let (_, writes) = settlement_writes(backend, &s, 1000 + n);
+                assert!(!writes.is_empty());
+            }
+        }
+    }
 
     #[test]
     fn affordable_output_never_exceeds_the_balance() {
