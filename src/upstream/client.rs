@@ -44,7 +44,16 @@ struct ChannelState {
     next_key: AtomicUsize,
     /// Keys that answered 401: out of rotation until the gateway restarts.
     revoked: Vec<AtomicBool>,
+    /// `{base_url}/chat/completions`, parsed once (`None`: it does not parse; each
+    /// request then reports that).
+    chat_url: Option<reqwest::Url>,
+    /// Each key's `Authorization` header, made once (`None`: not a valid header value;
+    /// each request then reports that).
+    auth: Vec<Option<http::HeaderValue>>,
 }
+
+/// The path of the chat endpoint below a channel's base URL.
+const CHAT_COMPLETIONS: &str = "chat/completions";
 
 thread_local! {
     /// Which event loop this thread is ([`set_thread_slot`]); 0 elsewhere.
@@ -120,6 +129,16 @@ impl Upstream {
                 clients,
                 next_key: AtomicUsize::new(0),
                 revoked: c.api_keys.iter().map(|_| AtomicBool::new(false)).collect(),
+                chat_url: reqwest::Url::parse(&endpoint(&c.base_url, CHAT_COMPLETIONS)).ok(),
+                auth: c
+                    .api_keys
+                    .iter()
+                    .map(|k| {
+                        let mut value = http::HeaderValue::try_from(format!("Bearer {k}")).ok()?;
+                        value.set_sensitive(true);
+                        Some(value)
+                    })
+                    .collect(),
             });
         }
         channels.sort_by_key(|c| c.config.priority);
@@ -202,7 +221,7 @@ impl Upstream {
         body: Value,
         stream: bool,
     ) -> Result<(reqwest::Response, String), AppError> {
-        self.post(model, "chat/completions", body, stream).await
+        self.post(model, CHAT_COMPLETIONS, body, stream).await
     }
 
     /// Posts `body` to `path` (relative to the channel's base URL) with the same
@@ -281,14 +300,19 @@ impl Upstream {
         body: &Bytes,
         key: Option<usize>,
     ) -> Result<reqwest::Response, Failure> {
-        let url = format!("{}/{path}", channel.config.base_url.trim_end_matches('/'));
         let client = of_this_thread(&channel.clients).unwrap_or_else(|| self.client());
-        let mut request = client
-            .post(&url)
+        let request = match &channel.chat_url {
+            Some(url) if path == CHAT_COMPLETIONS => client.post(url.clone()),
+            _ => client.post(endpoint(&channel.config.base_url, path)),
+        };
+        let mut request = request
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body.clone());
         if let Some(k) = key {
-            request = request.bearer_auth(&channel.config.api_keys[k]);
+            request = match channel.auth.get(k).and_then(Option::as_ref) {
+                Some(value) => request.header(http::header::AUTHORIZATION, value.clone()),
+                None => request.bearer_auth(&channel.config.api_keys[k]),
+            };
         }
         let response = match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
             Err(_) => return Err(Failure::Retry(upstream_error(true, "上游服务响应超时"))),
@@ -473,6 +497,11 @@ impl HttpEvents {
 }
 
 /// `body` as the bytes of a JSON request body.
+/// `path` below a channel's `base_url`.
+fn endpoint(base_url: &str, path: &str) -> String {
+    format!("{}/{path}", base_url.trim_end_matches('/'))
+}
+
 fn to_bytes(body: &Value) -> Result<Bytes, AppError> {
     serde_json::to_vec(body)
         .map(Bytes::from)
