@@ -28,6 +28,7 @@ function ui() {
   u.onDone = (r) => (u.done = r)
   return u
 }
+const IDLE_MS = 60000
 const mpDeps = (extra) => ({ open: (o) => openMpStream({ ...o, settleMs: 0 }), ...extra })
 const last = () => uni.requests[uni.requests.length - 1]
 
@@ -189,7 +190,11 @@ describe('mini-program answer: stream, die, resume', () => {
       o.url.endsWith('/api/messages/msg_1')
         ? { statusCode: 200, data: { id: 'msg_1', conversation_id: 'c', status: 'done', content: ANSWER, cost_micros: 1 } }
         : { fail: true }
-    const a = newAnswer(u, null, mpDeps({ maxRetries: 2, setTimeout: (f) => setTimeout(f, 0) }))
+    // Retries at once (their back-off is 0.5 s and up); the idle watchdog keeps its own
+    // long delay: at 0 ms it would abort each new connection too, and the number of
+    // requests the test waits for could be passed between two of its looks.
+    const retriesAtOnce = (f, ms) => setTimeout(f, ms >= IDLE_MS ? ms : 0)
+    const a = newAnswer(u, null, mpDeps({ maxRetries: 2, idleMs: IDLE_MS, setTimeout: retriesAtOnce }))
     a.start('q')
     last().headers({ 'X-Message-Id': 'msg_1' })
     last().fail()
