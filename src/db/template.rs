@@ -35,17 +35,18 @@ impl Template {
         values: Vec<Value>,
     ) -> Statement {
         let built: Result<_, std::convert::Infallible> =
-            self.try_bind(backend, || Ok(build()), values);
+            self.try_bind(backend, |_| Ok(build()), values);
         match built {
             Ok(statement) => statement,
         }
     }
 
-    /// [`Template::bind`] with a builder that can fail (nothing is kept then).
+    /// [`Template::bind`] with a builder that can fail (nothing is kept then) and that is
+    /// handed the values, for a builder that takes them as they are.
     pub fn try_bind<E>(
         &self,
         backend: DbBackend,
-        build: impl FnOnce() -> Result<Statement, E>,
+        build: impl FnOnce(&[Value]) -> Result<Statement, E>,
         values: Vec<Value>,
     ) -> Result<Statement, E> {
         let slot = match backend {
@@ -55,13 +56,13 @@ impl Template {
         };
         #[cfg(debug_assertions)]
         let (built, build) = {
-            let built = build()?;
-            (built.clone(), || Ok::<_, E>(built))
+            let built = build(&values)?;
+            (built.clone(), |_: &[Value]| Ok::<_, E>(built))
         };
         let sql = match slot.get() {
             Some(sql) => sql.clone(),
             None => {
-                let sql = build()?.sql;
+                let sql = build(&values)?.sql;
                 // Two first uses at once build the same SQL: either may stay.
                 let _ = slot.set(sql.clone());
                 sql

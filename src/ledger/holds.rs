@@ -8,7 +8,7 @@ use entity::{daily_usage, hold, ledger_entry, usage_record, user};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryResult, QuerySelect, QueryTrait, Statement, TransactionTrait,
+    QueryFilter, QueryResult, QuerySelect, QueryTrait, Statement, TransactionTrait, Value,
 };
 
 use super::pricing::cost;
@@ -442,46 +442,34 @@ fn hold_statement(
         &PLAIN
     };
     let only_if = only_after_a_change.then_some("changes() = 1");
+    // In column order; the builder takes the same values, so only the SQL is its own.
+    let values: [Value; 9] = [
+        id.into(),
+        req.user_id.into(),
+        req.message_id.into(),
+        kind.into(),
+        amount.into(),
+        (req.prompt_tokens as i64).into(),
+        req.day.into(),
+        OPEN.into(),
+        now.into(),
+    ];
     template.try_bind(
         backend,
-        || build_hold_statement(backend, id, req, kind, amount, now, only_if),
-        vec![
-            id.into(),
-            req.user_id.into(),
-            req.message_id.into(),
-            kind.into(),
-            amount.into(),
-            (req.prompt_tokens as i64).into(),
-            req.day.into(),
-            OPEN.into(),
-            now.into(),
-        ],
+        |values| build_hold_statement(backend, values, only_if),
+        values.into(),
     )
 }
 
-/// [`hold_statement`] as sea-query builds it; with `only_if` (SQL), inserted only when
-/// that is true then.
+/// [`hold_statement`] as sea-query builds it, `values` in column order; with `only_if`
+/// (SQL), inserted only when that is true then.
 fn build_hold_statement(
     backend: DbBackend,
-    id: &str,
-    req: &Request<'_>,
-    kind: &str,
-    amount: i64,
-    now: i64,
+    values: &[Value],
     only_if: Option<&'static str>,
 ) -> Result<Statement, AppError> {
     use hold::Column as C;
-    let values: [sea_orm::sea_query::SimpleExpr; 9] = [
-        Expr::val(id),
-        Expr::val(req.user_id),
-        Expr::val(req.message_id),
-        Expr::val(kind),
-        Expr::val(amount),
-        Expr::val(req.prompt_tokens as i64),
-        Expr::val(req.day),
-        Expr::val(OPEN),
-        Expr::val(now),
-    ];
+    let values: Vec<_> = values.iter().cloned().map(Expr::val).collect();
     let mut insert = Query::insert();
     insert.into_table(hold::Entity).columns([
         C::Id,
