@@ -496,12 +496,12 @@ impl HttpEvents {
     }
 }
 
-/// `body` as the bytes of a JSON request body.
 /// `path` below a channel's `base_url`.
 fn endpoint(base_url: &str, path: &str) -> String {
     format!("{}/{path}", base_url.trim_end_matches('/'))
 }
 
+/// `body` as the bytes of a JSON request body.
 fn to_bytes(body: &Value) -> Result<Bytes, AppError> {
     serde_json::to_vec(body)
         .map(Bytes::from)
