@@ -469,6 +469,7 @@ async fn relay(
             )
         }
     };
+    let mut chunks = chunk::ChunkReader::default();
     'events: loop {
         // A client that leaves while the upstream is silent is noticed at once too.
         let next = tokio::select! {
@@ -488,7 +489,7 @@ async fn relay(
         };
         let mut forward: Option<Bytes> = Some(event.data.clone());
         let mut content = None;
-        match chunk::parse_chunk(&event.data) {
+        match chunks.read(&event.data) {
             Ok(Chunk::Done) => break,
             Ok(Chunk::Delta {
                 content: c,

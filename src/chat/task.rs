@@ -122,6 +122,7 @@ async fn drive(app: &App, job: &AnswerJob, progress: &mut Progress<'_>) -> Outco
     };
     progress.channel = source.channel().to_string();
     answer.set_streaming();
+    let mut chunks = chunk::ChunkReader::default();
     // The text is flushed to the database by the process-wide flush (`super::flush`),
     // which also carries out stops requested on other replicas.
     loop {
@@ -135,7 +136,7 @@ async fn drive(app: &App, job: &AnswerJob, progress: &mut Progress<'_>) -> Outco
                 };
             }
         };
-        match chunk::parse_chunk(&event.data) {
+        match chunks.read(&event.data) {
             Ok(Chunk::Done) => return Outcome::Completed,
             Ok(Chunk::Delta { content, usage, .. }) => {
                 if usage.is_some() {

@@ -3,11 +3,15 @@
 //!
 //! Only what the gateway needs is extracted (first choice's content and finish reason, and
 //! usage), borrowing from the input where the JSON has no escapes, so a typical chunk is
-//! parsed without any heap allocation.
+//! parsed without any heap allocation. The common shape is read by a hand-written scanner
+//! ([`scan`]); whatever it is not sure of goes to serde, which decides.
+
+mod scan;
 
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
+use std::ops::Range;
 
 use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -76,12 +80,84 @@ impl std::error::Error for ChunkError {
 /// [`ChunkError`] when the data is not UTF-8 or not a JSON object of the chunk shape (the
 /// caller decides whether to skip such an event or fail the answer).
 pub fn parse_chunk(data: &[u8]) -> Result<Chunk<'_>, ChunkError> {
+    parse(data).map(|(chunk, _)| chunk)
+}
+
+/// [`parse_chunk`], with where the content's string token lies when the chunk is a plain
+/// content piece that [`scan`] read.
+fn parse(data: &[u8]) -> Result<(Chunk<'_>, Option<Range<usize>>), ChunkError> {
     if data.trim_ascii() == b"[DONE]" {
-        return Ok(Chunk::Done);
+        return Ok((Chunk::Done, None));
     }
     // Validating up front lets serde_json skip per-string validation (`from_str` trusts its
     // input), so this costs no extra pass overall and gives a precise error.
     let text = std::str::from_utf8(data).map_err(ChunkError::NotUtf8)?;
+    match scan::chunk(text) {
+        Some(read) => Ok(read),
+        None => with_serde(text).map(|chunk| (chunk, None)),
+    }
+}
+
+/// Reads the chunks of one stream.
+///
+/// An upstream wraps every piece of an answer in the same envelope — for OpenAI
+/// `{"id":"chatcmpl-…","object":"chat.completion.chunk","created":…,"model":"…",
+/// "choices":[{"index":0,"delta":{"content":` before the piece and `},"finish_reason":null}]}`
+/// after it — and reading it again is most of what a chunk costs. The reader keeps the
+/// envelope of the last plain content piece (one short copy per answer, not per chunk); a
+/// chunk that starts and ends with the same bytes and has exactly one JSON string between
+/// them is that string's piece: the envelope was read (and found to be a content piece
+/// with no finish reason, usage or error) when it was first seen, and a string token does
+/// not change how the bytes around it read. Any other chunk is read whole, as by
+/// [`parse_chunk`].
+#[derive(Debug, Default)]
+pub struct ChunkReader {
+    /// The last plain content piece without its content token.
+    envelope: Vec<u8>,
+    /// Where the content token stood in it.
+    split: usize,
+}
+
+impl ChunkReader {
+    /// Reads the data of one event, as [`parse_chunk`] does.
+    ///
+    /// # Errors
+    /// As [`parse_chunk`].
+    pub fn read<'a>(&mut self, data: &'a [u8]) -> Result<Chunk<'a>, ChunkError> {
+        if let Some(content) = self.piece(data) {
+            return Ok(Chunk::Delta {
+                content: Some(content),
+                finish_reason: None,
+                usage: None,
+            });
+        }
+        let (chunk, piece) = parse(data)?;
+        if let Some(at) = piece {
+            self.envelope.clear();
+            self.envelope
+                .extend_from_slice(data.get(..at.start).unwrap_or_default());
+            self.envelope
+                .extend_from_slice(data.get(at.end..).unwrap_or_default());
+            self.split = at.start;
+        }
+        Ok(chunk)
+    }
+
+    /// The content of `data` when it is the envelope around one string token.
+    fn piece<'a>(&self, data: &'a [u8]) -> Option<Cow<'a, str>> {
+        let (head, tail) = self.envelope.split_at_checked(self.split)?;
+        // An empty envelope is no envelope: nothing was kept yet.
+        if head.is_empty() || data.len() < self.envelope.len() + 2 {
+            return None;
+        }
+        let token = data.strip_prefix(head)?.strip_suffix(tail)?;
+        scan::string_token(std::str::from_utf8(token).ok()?)
+    }
+}
+
+/// Reads a chunk with serde: what [`scan`] leaves undecided (and the reference it is tested
+/// against).
+fn with_serde(text: &str) -> Result<Chunk<'_>, ChunkError> {
     let raw: RawChunk<'_> = serde_json::from_str(text).map_err(ChunkError::InvalidJson)?;
     if let Some(message) = raw.error.and_then(error_message) {
         return Ok(Chunk::Error { message });
@@ -503,7 +579,116 @@ mod tests {
         );
     }
 
+    /// The mock upstream's stream, as a provider sends it.
+    fn stream(pieces: &[&str]) -> Vec<String> {
+        let envelope = |delta: &str, reason: &str| {
+            format!(
+                r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":[{{"index":0,"delta":{delta},"finish_reason":{reason}}}]}}"#
+            )
+        };
+        let mut chunks = vec![envelope(r#"{"role":"assistant","content":""}"#, "null")];
+        for piece in pieces {
+            let content = serde_json::to_string(piece).unwrap();
+            chunks.push(envelope(&format!(r#"{{"content":{content}}}"#), "null"));
+        }
+        chunks.push(envelope("{}", r#""stop""#));
+        chunks.push(r#"{"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":5,"total_tokens":7}}"#.to_owned());
+        chunks.push("[DONE]".to_owned());
+        chunks
+    }
+
+    #[test]
+    fn a_stream_s_pieces_are_read_through_their_envelope() {
+        let chunks = stream(&["你好", "", "a\"b\\c\n", "😀 end", "\u{1}"]);
+        let mut reader = ChunkReader::default();
+        let mut through_envelope = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            if reader.piece(chunk.as_bytes()).is_some() {
+                through_envelope.push(i);
+            }
+            let got = reader.read(chunk.as_bytes()).unwrap();
+            assert_eq!(got, parse_chunk(chunk.as_bytes()).unwrap(), "{chunk}");
+        }
+        // The first content piece differs from the role chunk's envelope; the next three
+        // share its envelope; a control character (`\u0001`) is read whole (by serde);
+        // the stop and usage chunks are not pieces.
+        assert_eq!(through_envelope, vec![2, 3, 4]);
+        match reader.read(chunks[3].as_bytes()).unwrap() {
+            Chunk::Delta {
+                content: Some(Cow::Owned(c)),
+                ..
+            } => assert_eq!(c, "a\"b\\c\n"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_is_not_one_string_in_the_envelope_is_read_whole() {
+        let chunks = stream(&["a"]);
+        let mut reader = ChunkReader::default();
+        reader.read(chunks[1].as_bytes()).unwrap();
+        let around = |token: &str| chunks[1].replace(r#""a""#, token);
+        // Two strings, a string and more members, an unterminated string, a number, a
+        // control character, invalid UTF-8: never taken as one piece; each reads as
+        // parse_chunk reads it.
+        for token in [
+            r#""a""b""#,
+            r#""a"},"finish_reason":"stop","x":{"y":"z""#,
+            r#""a"},{"index":0,"delta":{"content":"b""#,
+            r#""a"#,
+            "5",
+            "\"\u{1}\"",
+            r#""\u00e9""#,
+        ] {
+            let text = around(token);
+            assert!(reader.piece(text.as_bytes()).is_none(), "{text}");
+            let (got, want) = (reader.read(text.as_bytes()), parse_chunk(text.as_bytes()));
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{text}"),
+                (Err(_), Err(_)) => {}
+                (got, want) => panic!("{text}: {got:?} vs {want:?}"),
+            }
+        }
+        let mut bytes = around(r#""ab""#).into_bytes();
+        let at = bytes.iter().position(|&b| b == b'b').unwrap();
+        bytes[at] = 0xFF;
+        assert!(matches!(reader.read(&bytes), Err(ChunkError::NotUtf8(_))));
+    }
+
     proptest! {
+        /// Through a stream of pieces, some of them not valid strings and some of their
+        /// chunks cut or changed: the reader reads every chunk as `parse_chunk` does.
+        #[test]
+        fn a_reader_reads_every_chunk_as_parse_chunk_does(
+            pieces in prop::collection::vec(
+                prop_oneof![
+                    4 => any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap()),
+                    1 => r#"[a-z"\\{}\[\],:]{0,12}"#,
+                ],
+                1..12,
+            ),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        ) {
+            let template = stream(&["x"])[1].clone();
+            let mut chunks: Vec<Vec<u8>> = pieces
+                .iter()
+                .map(|token| template.replace(r#""x""#, token).into_bytes())
+                .collect();
+            for (at, byte) in edits {
+                let chunk = at.get_mut(&mut chunks);
+                let i = at.index(chunk.len());
+                chunk[i] = byte;
+            }
+            let mut reader = ChunkReader::default();
+            for chunk in &chunks {
+                match (reader.read(chunk), parse_chunk(chunk)) {
+                    (Ok(got), Ok(want)) => prop_assert_eq!(got, want),
+                    (Err(_), Err(_)) => {}
+                    (got, want) => prop_assert!(false, "{:?}: {:?} vs {:?}", String::from_utf8_lossy(chunk), got, want),
+                }
+            }
+        }
+
         #[test]
         fn any_content_round_trips(content in any::<String>(), reason in prop::option::of("[a-z_]{1,12}")) {
             let v = serde_json::json!({

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use chatgate::chat::Framing;
 use chatgate::chat::answer::Answer;
 use chatgate::safety::WordList;
-use chatgate::upstream::chunk::{Chunk, parse_chunk};
+use chatgate::upstream::chunk::{Chunk, ChunkReader};
 use chatgate::upstream::sse::SseParser;
 
 struct Counting;
@@ -116,12 +116,13 @@ async fn path_run_on(framing: Framing, reads: Vec<Bytes>) -> u64 {
     let mut reader = answer.reader(framing, None, Duration::from_secs(60));
     let mut gate = words.gate();
     let mut parser = SseParser::new();
+    let mut chunks = ChunkReader::default();
     answer.set_streaming();
     let mut sent = 0usize;
     let mut feed = |bytes: &Bytes, parser: &mut SseParser| {
         parser.push(bytes);
         while let Some(event) = parser.next_event() {
-            if let Ok(Chunk::Delta { content, .. }) = parse_chunk(&event.data) {
+            if let Ok(Chunk::Delta { content, .. }) = chunks.read(&event.data) {
                 let text = content.as_deref().unwrap_or_default();
                 gate.offer(event.data.clone(), text, |raw, t| answer.push(raw, t));
             }
