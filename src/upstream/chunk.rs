@@ -147,7 +147,7 @@ impl ChunkReader {
     fn piece<'a>(&self, data: &'a [u8]) -> Option<Cow<'a, str>> {
         let (head, tail) = self.envelope.split_at_checked(self.split)?;
         // An empty envelope is no envelope: nothing was kept yet.
-        if head.is_empty() || data.len() < self.envelope.len() + 2 {
+        if head.is_empty() {
             return None;
         }
         let token = data.strip_prefix(head)?.strip_suffix(tail)?;

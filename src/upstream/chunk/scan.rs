@@ -37,11 +37,7 @@ static STRING_STOP: [bool; 256] = {
 /// string, no finish reason, no usage): the rest of it is the envelope that a stream's
 /// next pieces repeat (see [`super::ChunkReader`]).
 pub(super) fn chunk(text: &str) -> Option<(Chunk<'_>, Option<Range<usize>>)> {
-    let mut s = Scan {
-        text,
-        bytes: text.as_bytes(),
-        at: 0,
-    };
+    let mut s = Scan::new(text);
     let mut choice = None;
     let mut usage = None;
     let (mut seen_choices, mut seen_usage, mut seen_error) = (false, false, false);
@@ -67,7 +63,7 @@ pub(super) fn chunk(text: &str) -> Option<(Chunk<'_>, Option<Range<usize>>)> {
         _ => s.skip_value(1),
     })?;
     s.ws();
-    if s.at != s.bytes.len() {
+    if s.at != text.len() {
         return None;
     }
     let (content, finish_reason, content_at) = match choice {
@@ -86,13 +82,9 @@ pub(super) fn chunk(text: &str) -> Option<(Chunk<'_>, Option<Range<usize>>)> {
 /// Reads all of `text` as one JSON string token (quotes included), as [`chunk`] reads a
 /// content string; `None` when it is not exactly one such token.
 pub(super) fn string_token(text: &str) -> Option<Cow<'_, str>> {
-    let mut s = Scan {
-        text,
-        bytes: text.as_bytes(),
-        at: 0,
-    };
+    let mut s = Scan::new(text);
     let value = s.string()?;
-    (s.at == s.bytes.len()).then_some(value)
+    (s.at == text.len()).then_some(value)
 }
 
 /// A field read a second time: serde refuses the chunk, so serde must say so.
@@ -113,15 +105,42 @@ struct Choice<'a> {
     finish_reason: Option<Cow<'a, str>>,
 }
 
+/// A cursor in a chunk's text (`at` is always on a character boundary between tokens).
 struct Scan<'a> {
     text: &'a str,
-    bytes: &'a [u8],
     at: usize,
 }
 
+/// What a short escape (`\n`, `\"`, …: a backslash and this byte) stands for; `None` for
+/// `\u` and for anything that is not an escape.
+fn short_escape(byte: u8) -> Option<char> {
+    Some(match byte {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        _ => return None,
+    })
+}
+
+/// A content string and where its token lies in the chunk.
+type Content<'a> = (Option<Cow<'a, str>>, Option<Range<usize>>);
+
 impl<'a> Scan<'a> {
+    fn new(text: &'a str) -> Self {
+        Scan { text, at: 0 }
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
     fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.at).copied()
+        self.bytes().get(self.at).copied()
     }
 
     /// JSON's whitespace: space, tab, line feed, carriage return.
@@ -133,7 +152,7 @@ impl<'a> Scan<'a> {
 
     /// Moves over plain string bytes, to the next quote, backslash or control character.
     fn plain_run(&mut self) {
-        let rest = self.bytes.get(self.at..).unwrap_or_default();
+        let rest = self.bytes().get(self.at..).unwrap_or_default();
         self.at += rest
             .iter()
             .position(|&b| STRING_STOP[usize::from(b)])
@@ -146,61 +165,43 @@ impl<'a> Scan<'a> {
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.at + word.len();
-        (self.bytes.get(self.at..end)? == word).then(|| self.at = end)
+        (self.bytes().get(self.at..end)? == word).then(|| self.at = end)
     }
 
-    /// The members of an object whose `{` was read, up to and including its `}`; `each`
-    /// reads the value of every key (the cursor on the value's first byte).
-    fn members(&mut self, mut each: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+    /// The items of an object or array whose opening bracket was read, separated by commas,
+    /// up to and including `close`; `each` reads one item.
+    fn sequence(&mut self, close: u8, mut each: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         self.ws();
-        if self.peek()? == b'}' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
-            self.eat(b'"')?;
-            let key = self.key()?;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
-            each(self, key)?;
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.ws();
-                }
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// The elements of an array whose `[` was read, up to and including its `]`.
-    fn elements(&mut self, mut each: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.ws();
-        if self.peek()? == b']' {
-            self.at += 1;
+        if self.eat(close).is_some() {
             return Some(());
         }
         loop {
             each(self)?;
             self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.ws();
-                }
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.eat(close).is_some() {
+                return Some(());
             }
+            self.eat(b',')?;
+            self.ws();
         }
+    }
+
+    /// The members of an object whose `{` was read, up to and including its `}`; `each`
+    /// reads the value of every key (the cursor on the value's first byte).
+    fn members(&mut self, mut each: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+        self.sequence(b'}', |s| {
+            s.eat(b'"')?;
+            let key = s.key()?;
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            each(s, key)
+        })
+    }
+
+    /// The elements of an array whose `[` was read, up to and including its `]`.
+    fn elements(&mut self, each: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.sequence(b']', each)
     }
 
     /// A key after its opening quote, as raw bytes; a key with an escape (which serde
@@ -211,7 +212,7 @@ impl<'a> Scan<'a> {
         if self.peek()? != b'"' {
             return None;
         }
-        let key = self.bytes.get(start..self.at)?;
+        let key = self.bytes().get(start..self.at)?;
         self.at += 1;
         Some(key)
     }
@@ -248,17 +249,7 @@ impl<'a> Scan<'a> {
                     });
                 }
                 b'\\' => {
-                    let unescaped = match self.bytes.get(self.at + 1)? {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        _ => return None,
-                    };
+                    let unescaped = short_escape(*self.bytes().get(self.at + 1)?)?;
                     let s = owned.get_or_insert_with(String::new);
                     s.push_str(self.text.get(run..self.at)?);
                     s.push(unescaped);
@@ -281,16 +272,18 @@ impl<'a> Scan<'a> {
                     self.at += 1;
                     return Some(());
                 }
-                b'\\' => match self.bytes.get(self.at + 1)? {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 2,
+                b'\\' => match *self.bytes().get(self.at + 1)? {
                     b'u' => {
-                        let hex = self.bytes.get(self.at + 2..self.at + 6)?;
+                        let hex = self.bytes().get(self.at + 2..self.at + 6)?;
                         if !hex.iter().all(u8::is_ascii_hexdigit) {
                             return None;
                         }
                         self.at += 6;
                     }
-                    _ => return None,
+                    other => {
+                        short_escape(other)?;
+                        self.at += 2;
+                    }
                 },
                 _ => return None,
             }
@@ -309,7 +302,7 @@ impl<'a> Scan<'a> {
             self.at += 1;
         }
         let digits = self.at - start;
-        let leading_zero = digits > 1 && self.bytes.get(start) == Some(&b'0');
+        let leading_zero = digits > 1 && self.bytes().get(start) == Some(&b'0');
         if digits == 0 || leading_zero || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
             return None;
         }
@@ -418,8 +411,7 @@ impl<'a> Scan<'a> {
     }
 
     /// A `delta` object: its content, if any, and where its string token lies.
-    #[allow(clippy::type_complexity)]
-    fn delta(&mut self) -> Option<(Option<Cow<'a, str>>, Option<Range<usize>>)> {
+    fn delta(&mut self) -> Option<Content<'a>> {
         self.eat(b'{')?;
         let mut content = (None, None);
         let mut seen = false;
