@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 pub(crate) mod template;
+pub mod trip;
 mod writer;
 pub use template::Template;
 pub use writer::Counts as SqliteWriteCounts;

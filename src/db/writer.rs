@@ -74,6 +74,10 @@ pub struct Row {
 }
 
 impl Row {
+    pub(super) fn new(columns: Vec<String>, values: Vec<SqlValue>) -> Self {
+        Self { columns, values }
+    }
+
     fn value(&self, column: &str) -> Result<&SqlValue, DbErr> {
         self.columns
             .iter()

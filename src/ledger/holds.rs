@@ -15,6 +15,7 @@ use super::pricing::cost;
 use crate::chat::store::{self, Finished};
 use crate::config::ModelConfig;
 use crate::db::Template;
+use crate::db::trip::{self, Script};
 use crate::error::{AppError, Refusal};
 use crate::upstream::chunk::Usage;
 
@@ -70,13 +71,11 @@ fn prompt_with_margin(prompt_tokens: u64) -> u64 {
 /// what the balance affords), and stores the hold with `req.with` in one transaction: a
 /// refusal stores nothing, and no answer exists without its hold.
 ///
-/// On SQLite the common case — a free message left, or a balance that pays the worst
-/// case — is one script ([`crate::db::sqlite_transaction`]); anything else (a shorter
-/// answer, a refusal) falls to the general path, a transaction of its own.
+/// On SQLite and PostgreSQL the common case — a free message left, or a balance that pays
+/// the worst case — is one script, one round trip ([`crate::db::trip`]); anything else (a
+/// shorter answer, a refusal) falls to the general path, a transaction of its own.
 pub async fn take(db: &DatabaseConnection, req: Request<'_>) -> Result<Grant, AppError> {
-    if db.get_database_backend() == DbBackend::Sqlite
-        && let Some(grant) = take_in_one_script(db, &req).await?
-    {
+    if let Some(grant) = take_in_one_script(db, &req).await? {
         return Ok(grant);
     }
     // Boxed: a transaction's future is kilobytes, and a chat waiting in SQLite's queue
@@ -90,42 +89,47 @@ pub async fn take(db: &DatabaseConnection, req: Request<'_>) -> Result<Grant, Ap
     .await
 }
 
-/// SQLite's one-script [`take`]: the free message if one is left, else the worst case
-/// from the balance, the hold row of whichever passed (an insert conditional on the
-/// change before it), then the turn's rows — all rolled back unless a hold was stored.
-/// `None`: neither passed, nothing written.
+/// The one-script [`take`]: the free message if one is left, else the worst case from
+/// the balance, the hold row of whichever passed (an insert conditional on the change
+/// before it), then the turn's rows — all rolled back unless a hold was stored. `None`:
+/// neither passed and nothing was written, or the database has no scripts.
 async fn take_in_one_script(
     db: &DatabaseConnection,
     req: &Request<'_>,
 ) -> Result<Option<Grant>, AppError> {
-    let backend = DbBackend::Sqlite;
+    let backend = db.get_database_backend();
+    if !trip::available(backend) {
+        return Ok(None);
+    }
     let id = store::new_id();
     let now = crate::clock::unix_millis();
-    let mut script = Vec::new();
+    let mut script = Script::new(backend);
     if req.free_per_day > 0 {
-        script.extend(free_message_statements(
-            backend,
-            req.user_id,
-            req.day,
-            req.free_per_day,
-        ));
-        script.push(hold_statement(backend, &id, req, FREE, 0, now, true)?);
+        let [ensure_row, take_one] =
+            free_message_statements(backend, req.user_id, req.day, req.free_per_day);
+        script.push(ensure_row);
+        script.push_if_changed(
+            take_one,
+            hold_statement(backend, &id, req, FREE, 0, now, true)?,
+        );
     }
     let worst = cost(
         req.price,
         &usage(prompt_with_margin(req.prompt_tokens), req.max_tokens),
     );
     // Skipped when the free message was taken.
-    script.push(debit_unless_held(backend, req.user_id, worst, &id));
-    script.push(hold_statement(backend, &id, req, MONEY, worst, now, true)?);
-    script.push(crate::db::sqlite_require(
+    script.push_if_changed(
+        debit_unless_held(backend, req.user_id, worst, &id),
+        hold_statement(backend, &id, req, MONEY, worst, now, true)?,
+    );
+    script.require(
         "EXISTS (SELECT 1 FROM \"holds\" WHERE \"id\" = ?)",
         vec![id.as_str().into()],
-    ));
+    );
     // Copied: a declined script leaves them to the general path.
     script.extend(req.with.iter().cloned());
     script.push(kind_query(backend, &id));
-    let Some(rows) = crate::db::sqlite_transaction(db, script).await? else {
+    let Some(rows) = trip::run(db, script).await? else {
         return Ok(None);
     };
     let free = match rows.first() {
@@ -441,7 +445,7 @@ fn hold_statement(
     } else {
         &PLAIN
     };
-    let only_if = only_after_a_change.then_some("changes() = 1");
+    let only_if = only_after_a_change.then(|| trip::changed_condition(backend));
     // In column order; the builder takes the same values, so only the SQL is its own.
     let values: [Value; 9] = [
         id.into(),
@@ -537,21 +541,19 @@ pub struct Settled {
 
 /// Settles `s.hold` exactly once and stores the answer, in one transaction.
 ///
-/// On SQLite that transaction is one script ([`crate::db::sqlite_transaction`]) that goes
+/// On SQLite and PostgreSQL that transaction is one script ([`crate::db::trip`]) that goes
 /// through only when it closes the hold itself; a hold found closed already (by the
 /// sweep) takes the general path, which then writes nothing and reads the balance.
 pub async fn settle(db: &DatabaseConnection, s: &Settlement<'_>) -> Result<Settled, AppError> {
     let now = crate::clock::unix_millis();
     let backend = db.get_database_backend();
-    if backend == DbBackend::Sqlite {
+    if trip::available(backend) {
         let (charged, writes) = settlement_writes(backend, s, now);
-        let mut script = vec![
-            close_statement(backend, s, now),
-            crate::db::sqlite_require("changes() = 1", Vec::new()),
-        ];
+        let mut script = Script::new(backend);
+        script.require_one_changed(close_statement(backend, s, now));
         script.extend(writes);
         script.push(balance_query(backend, s.hold.user_id));
-        if let Some(rows) = crate::db::sqlite_transaction(db, script).await? {
+        if let Some(rows) = trip::run(db, script).await? {
             return Ok(Settled {
                 charged_micros: charged,
                 balance_micros: match rows.first() {
