@@ -41,6 +41,10 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     background.stop();
 }
 
+/// PostgreSQL connections the event loops keep for their scripts, all loops together
+/// (between 2 and 16 each; see [`crate::db::trip`]), beside the shared pool's 32.
+const KEPT_DB_CONNECTIONS: usize = 32;
+
 /// Serves on one event loop per listener, each a single-threaded runtime on a thread of
 /// its own accepting on its own socket (`SO_REUSEPORT`: the kernel spreads connections).
 /// A connection, its handler and the answers it starts stay on their thread: nothing is
@@ -57,6 +61,7 @@ pub async fn run_per_thread(
     let stop_accepting = tokio_util::sync::CancellationToken::new();
     let (closed_tx, mut closed_rx) = tokio::sync::mpsc::channel::<()>(listeners.len().max(1));
     let mut threads = Vec::new();
+    let loops = listeners.len();
     for (index, listener) in listeners.into_iter().enumerate() {
         let app = Arc::clone(&app);
         let connections = Arc::clone(&connections);
@@ -64,7 +69,17 @@ pub async fn run_per_thread(
         let closed = closed_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("chatgate-{index}"))
-            .spawn(move || event_loop(index, listener, app, connections, stop_accepting, closed));
+            .spawn(move || {
+                event_loop(
+                    index,
+                    loops,
+                    listener,
+                    app,
+                    connections,
+                    stop_accepting,
+                    closed,
+                )
+            });
         match thread {
             Ok(thread) => threads.push(thread),
             Err(e) => tracing::error!(error = %e, "cannot start an event loop thread"),
@@ -88,6 +103,7 @@ pub async fn run_per_thread(
 /// and keeps running its answers and connections until the gateway stops.
 fn event_loop(
     index: usize,
+    loops: usize,
     listener: std::net::TcpListener,
     app: Arc<App>,
     connections: Arc<Semaphore>,
@@ -105,6 +121,10 @@ fn event_loop(
         }
     };
     crate::upstream::set_thread_slot(index);
+    crate::db::trip::keep_connections_here(
+        &app.db,
+        (KEPT_DB_CONNECTIONS / loops.max(1)).clamp(2, 16),
+    );
     runtime.block_on(async move {
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
@@ -123,6 +143,7 @@ fn event_loop(
         // The answers and connections of this thread run until the gateway has stored
         // every answer.
         app.shutdown.cancelled().await;
+        crate::db::trip::close_kept_connections().await;
     });
 }
 

@@ -58,7 +58,7 @@ async fn a_postgres_script_commits_whole_or_not_at_all() {
         let row = db.query_one_raw(balance_query()).await.unwrap().unwrap();
         row.try_get::<i64>("", "b").unwrap()
     };
-    let before = trip::postgres_scripts();
+    let before = trip::postgres_scripts().0;
 
     // Declined by a requirement: nothing written.
     let mut script = Script::new(DbBackend::Postgres);
@@ -119,7 +119,7 @@ async fn a_postgres_script_commits_whole_or_not_at_all() {
         .collect();
     assert_eq!(notes, ["after a change"]);
     // Two declined, one committed (the failed one is not counted).
-    assert_eq!(trip::postgres_scripts(), before + 3);
+    assert_eq!(trip::postgres_scripts().0, before + 3);
 
     // A value that cannot be written as a literal: not run at all, nothing written.
     let mut script = Script::new(DbBackend::Postgres);
@@ -127,12 +127,15 @@ async fn a_postgres_script_commits_whole_or_not_at_all() {
     script.push(pg("SELECT $1::float8", vec![0.5f64.into()]));
     assert!(trip::run(db, script).await.unwrap().is_none());
     assert_eq!(balance().await, 899);
-    assert_eq!(trip::postgres_scripts(), before + 3, "not sent");
+    assert_eq!(trip::postgres_scripts().0, before + 3, "not sent");
 }
 
-/// A chat's hold and settlement are one script each on PostgreSQL, and bill exactly.
+/// A chat's hold and settlement are one script each on PostgreSQL, on the connection
+/// the event loop keeps, and bill exactly; when that connection is cut between two chats
+/// the next chat still goes through (on a new one) and bills exactly once.
 async fn a_chat_holds_and_settles_in_one_script_each() {
     use chatgate::db::trip;
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
     let Some(url) = postgres().await else { return };
     let mock = MockUpstream::start(MockConfig {
@@ -142,7 +145,9 @@ async fn a_chat_holds_and_settles_in_one_script_each() {
     })
     .await
     .unwrap();
-    let gw = Gateway::start_on(Some(url), |config| {
+    // One event loop: the second chat reuses the connection the first one left.
+    let gw = Gateway::start_threads(1, |config| {
+        config.database_url = url;
         config.channels = vec![Channel {
             models: vec![MODEL.into()],
             ..Channel::new("mock", mock.base_url())
@@ -159,39 +164,58 @@ async fn a_chat_holds_and_settles_in_one_script_each() {
     })
     .await;
     let (token, _) = gw.register_with("scripted", 1_000).await;
-    let before = trip::postgres_scripts();
-    let body = serde_json::json!({ "message": "count my money" }).to_string();
-    let resp = RawClient::send(
-        gw.addr,
-        "POST",
-        "/api/chat",
-        Some(&token),
-        &[],
-        body.as_bytes(),
-    )
-    .await
-    .read_all()
-    .await;
-    assert_eq!(resp.status, 200);
-    // The settlement may land just after the stream ends.
-    for _ in 0..200 {
-        if trip::postgres_scripts() >= before + 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        trip::postgres_scripts(),
-        before + 2,
-        "the hold and the settlement each ran as one script"
-    );
-    let (status, me) = gw
-        .json("GET", "/api/me", Some(&token), &serde_json::Value::Null)
+    let chat = || async {
+        let before = trip::postgres_scripts();
+        let body = serde_json::json!({ "message": "count my money" }).to_string();
+        let resp = RawClient::send(
+            gw.addr,
+            "POST",
+            "/api/chat",
+            Some(&token),
+            &[],
+            body.as_bytes(),
+        )
+        .await
+        .read_all()
         .await;
-    assert_eq!(status, 200, "{me}");
+        assert_eq!(resp.status, 200);
+        // The settlement may land just after the stream ends.
+        for _ in 0..200 {
+            if trip::postgres_scripts().0 >= before.0 + 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let after = trip::postgres_scripts();
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            (2, 2),
+            "the hold and the settlement each one script, on a kept connection"
+        );
+        let (status, me) = gw
+            .json("GET", "/api/me", Some(&token), &serde_json::Value::Null)
+            .await;
+        assert_eq!(status, 200, "{me}");
+        me["balance_micros"].as_i64().unwrap()
+    };
+    assert_eq!(chat().await, 900, "100 pieces at one micro each");
+
+    let cut = gw
+        .app
+        .db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_terminate_backend(pid) AS cut FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+            [trip::KEPT_NAME.into()],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(cut.len(), 1, "the event loop kept one connection");
     assert_eq!(
-        me["balance_micros"], 900,
-        "100 pieces at one micro each: {me}"
+        chat().await,
+        800,
+        "the next chat billed once, on a new connection"
     );
 }
 

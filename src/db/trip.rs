@@ -12,13 +12,27 @@
 //! module cannot write exactly (a float, bytes, a string holding NUL…) makes the whole
 //! script decline to run, and the caller takes its general path.
 //!
+//! On an event loop ([`keep_connections_here`]) the scripts go over PostgreSQL connections
+//! the loop keeps for itself rather than the shared pool's: sqlx pings every connection
+//! it gets back (a second round trip per script), and a pool connection is driven by
+//! whichever thread opened it (a wake-up across threads per reply). They show in
+//! `pg_stat_activity` as application `chatgate event loop`. A kept connection idle for
+//! [`IDLE_PING`] is pinged before use; a reused one found gone (an I/O error, the server's
+//! restart or an administrator's terminate) is replaced and the script sent once more: either
+//! it went nowhere, or — had it committed — its second run is refused by its own unique
+//! ids (a hold's id, its messages' ids) or its requirement (a settlement closes an open
+//! hold only). One older than [`MAX_AGE`] is closed when it comes back.
+//!
 //! Other databases (MySQL) have no script: [`run`] returns `None` and the caller takes its
 //! general path.
 
+use std::cell::RefCell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use sea_orm::sqlx::postgres::PgRow;
-use sea_orm::sqlx::{self, Column as _, Row as _};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
+use sea_orm::sqlx::{self, Column as _, ConnectOptions as _, Connection as _, Row as _};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement, Value};
 
 use super::writer::Row;
@@ -28,6 +42,39 @@ const DECLINED: &str = "22012";
 
 /// How many PostgreSQL scripts ran to their end (declined or committed).
 static POSTGRES_SCRIPTS: AtomicU64 = AtomicU64::new(0);
+/// How many of them ran on a connection an event loop keeps.
+static ON_KEPT: AtomicU64 = AtomicU64::new(0);
+
+/// A kept connection idle this long is pinged before its next script.
+const IDLE_PING: Duration = Duration::from_secs(30);
+/// A kept connection this old is closed when it comes back (as the pool's are).
+const MAX_AGE: Duration = Duration::from_secs(30 * 60);
+/// The `application_name` of kept connections.
+pub const KEPT_NAME: &str = "chatgate event loop";
+
+thread_local! {
+    /// This event loop's own PostgreSQL connections ([`keep_connections_here`]).
+    static KEPT: RefCell<Option<Kept>> = const { RefCell::new(None) };
+}
+
+/// The connections one event loop keeps for its scripts.
+struct Kept {
+    /// The pool's connect options: which pool these stand beside (a script on another
+    /// pool's database never takes them).
+    pool: Arc<PgConnectOptions>,
+    /// The same, named as the event loop's: how these connect.
+    options: Arc<PgConnectOptions>,
+    idle: Vec<Idle>,
+    /// Connections open now (idle or running a script).
+    open: usize,
+    max: usize,
+}
+
+struct Idle {
+    conn: PgConnection,
+    since: Instant,
+    born: Instant,
+}
 
 /// Statements that commit together or not at all, in one round trip where the database
 /// allows it. Build it with the statements of the backend it was made for.
@@ -147,20 +194,130 @@ pub async fn run(db: &DatabaseConnection, script: Script) -> Result<Option<Vec<R
     }
 }
 
-/// How many scripts have run on PostgreSQL (committed or declined) in this process.
-pub fn postgres_scripts() -> u64 {
-    POSTGRES_SCRIPTS.load(Ordering::Relaxed)
+/// How many scripts have run on PostgreSQL (committed or declined) in this process, and
+/// how many of those on connections kept by event loops.
+pub fn postgres_scripts() -> (u64, u64) {
+    (
+        POSTGRES_SCRIPTS.load(Ordering::Relaxed),
+        ON_KEPT.load(Ordering::Relaxed),
+    )
+}
+
+/// Makes this thread (an event loop) keep up to `max` connections of its own for the
+/// PostgreSQL scripts run on it against `db` (nothing on other databases).
+pub fn keep_connections_here(db: &DatabaseConnection, max: usize) {
+    if db.get_database_backend() != DbBackend::Postgres || max == 0 {
+        return;
+    }
+    let pool = db.get_postgres_connection_pool().connect_options();
+    let options = Arc::new((*pool).clone().application_name(KEPT_NAME));
+    KEPT.with(|kept| {
+        *kept.borrow_mut() = Some(Kept {
+            pool,
+            options,
+            idle: Vec::new(),
+            open: 0,
+            max,
+        });
+    });
+}
+
+/// Closes the connections this thread keeps (at the end of its event loop).
+pub async fn close_kept_connections() {
+    let idle = KEPT.with(|kept| kept.borrow_mut().take().map(|k| k.idle).unwrap_or_default());
+    for idle in idle {
+        let _ = idle.conn.close().await;
+    }
+}
+
+/// One of this thread's kept connections for `options` (`None`: it keeps none for them,
+/// or all it may open are busy — the shared pool serves the script then).
+fn take_kept(pool: &Arc<PgConnectOptions>) -> Option<(Taken, Arc<PgConnectOptions>)> {
+    KEPT.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        let kept = kept.as_mut().filter(|k| Arc::ptr_eq(&k.pool, pool))?;
+        let options = Arc::clone(&kept.options);
+        if let Some(idle) = kept.idle.pop() {
+            return Some((Taken::Idle(idle), options));
+        }
+        if kept.open < kept.max {
+            kept.open += 1;
+            return Some((Taken::New, options));
+        }
+        None
+    })
+}
+
+enum Taken {
+    Idle(Idle),
+    /// A slot to open a connection in.
+    New,
+}
+
+/// A slot of this thread's kept connections while its connection runs a script: its
+/// connection goes back to the idle list with [`Lent::give_back`]; dropped without, the
+/// slot is freed (the connection is closed by its own drop).
+struct Lent {
+    options: Arc<PgConnectOptions>,
+    born: Instant,
+    counted: bool,
+}
+
+impl Lent {
+    fn give_back(mut self, conn: PgConnection) {
+        if self.born.elapsed() >= MAX_AGE {
+            return;
+        }
+        KEPT.with(|kept| {
+            if let Some(kept) = kept
+                .borrow_mut()
+                .as_mut()
+                .filter(|k| Arc::ptr_eq(&k.options, &self.options))
+            {
+                kept.idle.push(Idle {
+                    conn,
+                    since: Instant::now(),
+                    born: self.born,
+                });
+                self.counted = false;
+            }
+        });
+    }
+
+    /// A new connection in this slot.
+    async fn open(&mut self) -> Result<PgConnection, sqlx::Error> {
+        let conn = self.options.connect().await?;
+        self.born = Instant::now();
+        Ok(conn)
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
+        KEPT.with(|kept| {
+            if let Ok(mut kept) = kept.try_borrow_mut()
+                && let Some(kept) = kept
+                    .as_mut()
+                    .filter(|k| Arc::ptr_eq(&k.options, &self.options))
+            {
+                kept.open = kept.open.saturating_sub(1);
+            }
+        });
+    }
 }
 
 async fn run_postgres(db: &DatabaseConnection, sql: String) -> Result<Option<Vec<Row>>, DbErr> {
-    // The values in `sql` are literals written by `literal` below, never text of a
-    // statement pasted in: that is what makes it safe to send as it is.
-    let fetched = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .fetch_all(db.get_postgres_connection_pool())
-        .await;
+    let pool = db.get_postgres_connection_pool();
+    let fetched = match take_kept(&pool.connect_options()) {
+        Some((taken, options)) => on_kept(taken, options, &sql).await,
+        None => fetch(pool, &sql).await,
+    };
     let rows = match fetched {
         Ok(rows) => rows,
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(DECLINED) => {
+        Err(e) if declined(&e) => {
             POSTGRES_SCRIPTS.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
@@ -168,6 +325,75 @@ async fn run_postgres(db: &DatabaseConnection, sql: String) -> Result<Option<Vec
     };
     POSTGRES_SCRIPTS.fetch_add(1, Ordering::Relaxed);
     rows.iter().map(row).collect::<Result<_, _>>().map(Some)
+}
+
+/// The connection was gone before the script reached the server: closed under it (an
+/// I/O error), or ended by the server (class 57P: an administrator's terminate, a shutdown
+/// or crash of the server), whose message was waiting on it.
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// A requirement of the script declined it.
+fn declined(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some(DECLINED))
+}
+
+/// Runs `sql` on a kept connection (see the module's notes on pings and replacing).
+async fn on_kept(
+    taken: Taken,
+    options: Arc<PgConnectOptions>,
+    sql: &str,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    let mut lent = Lent {
+        options,
+        born: Instant::now(),
+        counted: true,
+    };
+    let (mut conn, reused) = match taken {
+        Taken::Idle(mut idle) => {
+            lent.born = idle.born;
+            if idle.since.elapsed() >= IDLE_PING && idle.conn.ping().await.is_err() {
+                drop(idle);
+                (lent.open().await?, false)
+            } else {
+                (idle.conn, true)
+            }
+        }
+        Taken::New => (lent.open().await?, false),
+    };
+    ON_KEPT.fetch_add(1, Ordering::Relaxed);
+    let mut fetched = fetch(&mut conn, sql).await;
+    if reused && matches!(&fetched, Err(e) if connection_lost(e)) {
+        // Cut since its last script: once more, on a new connection.
+        drop(conn);
+        conn = lent.open().await?;
+        fetched = fetch(&mut conn, sql).await;
+    }
+    // A declined script leaves the connection ready for the next; after any other
+    // failure it is not kept.
+    match &fetched {
+        Ok(_) => lent.give_back(conn),
+        Err(e) if declined(e) => lent.give_back(conn),
+        Err(_) => {}
+    }
+    fetched
+}
+
+/// `sql` run on `executor`, all its rows.
+async fn fetch<'e, E>(executor: E, sql: &str) -> Result<Vec<PgRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
+    // The values in `sql` are literals written by `literal` below, never text of a
+    // statement pasted in: that is what makes it safe to send as it is.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_all(executor)
+        .await
 }
 
 /// A PostgreSQL row as the writer's [`Row`]: integers and text (what the scripts read).
