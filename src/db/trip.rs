@@ -297,7 +297,8 @@ impl Drop for Lent {
         if !self.counted {
             return;
         }
-        KEPT.with(|kept| {
+        // `try_with`: nothing to count once the thread's storage is gone (its end).
+        let _ = KEPT.try_with(|kept| {
             if let Ok(mut kept) = kept.try_borrow_mut()
                 && let Some(kept) = kept
                     .as_mut()
