@@ -20,6 +20,7 @@ async fn postgres_scripts() {
     a_postgres_script_commits_whole_or_not_at_all().await;
     postgres_literals_read_back_as_the_values_they_write().await;
     a_chat_holds_and_settles_in_one_script_each().await;
+    without_a_kept_connection_the_pool_serves().await;
 }
 
 /// The balance a script's balance query returned (its first row, column `b`).
@@ -132,12 +133,91 @@ async fn a_postgres_script_commits_whole_or_not_at_all() {
 
 /// A chat's hold and settlement are one script each on PostgreSQL, on the connection
 /// the event loop keeps, and bill exactly; when that connection is cut between two chats
-/// the next chat still goes through (on a new one) and bills exactly once.
+/// the next chat still goes through (on a new one) and bills once.
 async fn a_chat_holds_and_settles_in_one_script_each() {
     use chatgate::db::trip;
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
     let Some(url) = postgres().await else { return };
+    let (gw, _mock) = chat_gateway(url).await;
+    let (token, _) = gw.register_with("scripted", 1_000).await;
+    assert_eq!(
+        chat(&gw, &token).await,
+        (900, (2, 2)),
+        "100 pieces at one micro each; the hold and the settlement each one script, on a \
+         kept connection"
+    );
+
+    let cut = gw
+        .app
+        .db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_terminate_backend(pid) AS cut FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+            [trip::KEPT_NAME.into()],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(cut.len(), 1, "the event loop kept one connection");
+    assert_eq!(
+        chat(&gw, &token).await,
+        (800, (2, 2)),
+        "the next chat billed once, on a new kept connection"
+    );
+}
+
+/// When the event loop cannot open a connection of its own (the role's connection limit
+/// is reached), the scripts take the shared pool's and the chat goes through.
+async fn without_a_kept_connection_the_pool_serves() {
+    use sea_orm::ConnectionTrait;
+
+    let Some(url) = postgres().await else { return };
+    // A role that is not a superuser (a superuser has no connection limit) owning the
+    // database.
+    let role = format!("cg_role_{}", uuid::Uuid::new_v4().simple());
+    let admin = sea_orm::Database::connect(&url).await.unwrap();
+    let database = url.rsplit_once('/').unwrap().1.to_string();
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("ALTER DATABASE {database} OWNER TO {role}"),
+    ] {
+        admin.execute_unprepared(&sql).await.unwrap();
+    }
+    let role_url = url.replacen("://postgres@", &format!("://{role}@"), 1);
+    assert_ne!(role_url, url, "the test URL names the postgres user");
+    let (gw, _mock) = chat_gateway(role_url).await;
+    let (token, _) = gw.register_with("pooled", 1_000).await;
+    // As many connections as the role has now: none more.
+    let open: i64 = admin
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!("SELECT count(*) AS n FROM pg_stat_activity WHERE usename = '{role}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "n")
+        .unwrap();
+    assert!(open >= 1, "the pool holds a connection");
+    admin
+        .execute_unprepared(&format!("ALTER ROLE {role} CONNECTION LIMIT {open}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        chat(&gw, &token).await,
+        (900, (2, 0)),
+        "both scripts ran on the pool's connection"
+    );
+    assert_eq!(
+        chat(&gw, &token).await,
+        (800, (2, 0)),
+        "and again (no new connection tried for a while)"
+    );
+}
+
+/// A gateway with one event loop on `url`, one micro per output token, and its mock.
+async fn chat_gateway(url: String) -> (Gateway, MockUpstream) {
     let mock = MockUpstream::start(MockConfig {
         answer: Some("答".repeat(100)),
         chunks: 100,
@@ -145,7 +225,7 @@ async fn a_chat_holds_and_settles_in_one_script_each() {
     })
     .await
     .unwrap();
-    // One event loop: the second chat reuses the connection the first one left.
+    // One event loop: a chat reuses the connection the one before left.
     let gw = Gateway::start_threads(1, |config| {
         config.database_url = url;
         config.channels = vec![Channel {
@@ -163,60 +243,44 @@ async fn a_chat_holds_and_settles_in_one_script_each() {
         );
     })
     .await;
-    let (token, _) = gw.register_with("scripted", 1_000).await;
-    let chat = || async {
-        let before = trip::postgres_scripts();
-        let body = serde_json::json!({ "message": "count my money" }).to_string();
-        let resp = RawClient::send(
-            gw.addr,
-            "POST",
-            "/api/chat",
-            Some(&token),
-            &[],
-            body.as_bytes(),
-        )
-        .await
-        .read_all()
-        .await;
-        assert_eq!(resp.status, 200);
-        // The settlement may land just after the stream ends.
-        for _ in 0..200 {
-            if trip::postgres_scripts().0 >= before.0 + 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let after = trip::postgres_scripts();
-        assert_eq!(
-            (after.0 - before.0, after.1 - before.1),
-            (2, 2),
-            "the hold and the settlement each one script, on a kept connection"
-        );
-        let (status, me) = gw
-            .json("GET", "/api/me", Some(&token), &serde_json::Value::Null)
-            .await;
-        assert_eq!(status, 200, "{me}");
-        me["balance_micros"].as_i64().unwrap()
-    };
-    assert_eq!(chat().await, 900, "100 pieces at one micro each");
+    (gw, mock)
+}
 
-    let cut = gw
-        .app
-        .db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_terminate_backend(pid) AS cut FROM pg_stat_activity \
-             WHERE datname = current_database() AND application_name = $1",
-            [trip::KEPT_NAME.into()],
-        ))
-        .await
-        .unwrap();
-    assert_eq!(cut.len(), 1, "the event loop kept one connection");
-    assert_eq!(
-        chat().await,
-        800,
-        "the next chat billed once, on a new connection"
-    );
+/// One chat; returns the balance after it and how many PostgreSQL scripts ran for it (all,
+/// and on kept connections).
+async fn chat(gw: &Gateway, token: &str) -> (i64, (u64, u64)) {
+    use chatgate::db::trip;
+
+    let before = trip::postgres_scripts();
+    let body = serde_json::json!({ "message": "count my money" }).to_string();
+    let resp = RawClient::send(
+        gw.addr,
+        "POST",
+        "/api/chat",
+        Some(token),
+        &[],
+        body.as_bytes(),
+    )
+    .await
+    .read_all()
+    .await;
+    assert_eq!(resp.status, 200);
+    // The settlement may land just after the stream ends.
+    for _ in 0..200 {
+        if trip::postgres_scripts().0 >= before.0 + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = trip::postgres_scripts();
+    let (status, me) = gw
+        .json("GET", "/api/me", Some(token), &serde_json::Value::Null)
+        .await;
+    assert_eq!(status, 200, "{me}");
+    (
+        me["balance_micros"].as_i64().unwrap(),
+        (after.0 - before.0, after.1 - before.1),
+    )
 }
 
 /// Whatever text or integer a script writes into PostgreSQL's SQL reads back exactly as

@@ -21,7 +21,9 @@
 //! restart or an administrator's terminate) is replaced and the script sent once more: either
 //! it went nowhere, or — had it committed — its second run is refused by its own unique
 //! ids (a hold's id, its messages' ids) or its requirement (a settlement closes an open
-//! hold only). One older than [`MAX_AGE`] is closed when it comes back.
+//! hold only). One older than [`MAX_AGE`] is closed when it comes back. When all it may
+//! open are busy, or one cannot be opened (the server's connection limit), the script
+//! takes the shared pool.
 //!
 //! Other databases (MySQL) have no script: [`run`] returns `None` and the caller takes its
 //! general path.
@@ -49,6 +51,8 @@ static ON_KEPT: AtomicU64 = AtomicU64::new(0);
 const IDLE_PING: Duration = Duration::from_secs(30);
 /// A kept connection this old is closed when it comes back (as the pool's are).
 const MAX_AGE: Duration = Duration::from_secs(30 * 60);
+/// After a kept connection could not be opened, the scripts take the pool's this long.
+const OPEN_BACKOFF: Duration = Duration::from_secs(10);
 /// The `application_name` of kept connections.
 pub const KEPT_NAME: &str = "chatgate event loop";
 
@@ -68,6 +72,8 @@ struct Kept {
     /// Connections open now (idle or running a script).
     open: usize,
     max: usize,
+    /// After a connection could not be opened, none is tried again before this.
+    retry_open_at: Option<Instant>,
 }
 
 struct Idle {
@@ -218,6 +224,7 @@ pub fn keep_connections_here(db: &DatabaseConnection, max: usize) {
             idle: Vec::new(),
             open: 0,
             max,
+            retry_open_at: None,
         });
     });
 }
@@ -240,7 +247,7 @@ fn take_kept(pool: &Arc<PgConnectOptions>) -> Option<(Taken, Arc<PgConnectOption
         if let Some(idle) = kept.idle.pop() {
             return Some((Taken::Idle(idle), options));
         }
-        if kept.open < kept.max {
+        if kept.open < kept.max && kept.retry_open_at.is_none_or(|at| Instant::now() >= at) {
             kept.open += 1;
             return Some((Taken::New, options));
         }
@@ -284,11 +291,25 @@ impl Lent {
         });
     }
 
-    /// A new connection in this slot.
-    async fn open(&mut self) -> Result<PgConnection, sqlx::Error> {
-        let conn = self.options.connect().await?;
-        self.born = Instant::now();
-        Ok(conn)
+    /// A new connection in this slot; `None` (logged) when none can be opened.
+    async fn open(&mut self) -> Option<PgConnection> {
+        match self.options.connect().await {
+            Ok(conn) => {
+                self.born = Instant::now();
+                Some(conn)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open a kept PostgreSQL connection; using the pool's");
+                let _ = KEPT.try_with(|kept| {
+                    if let Ok(mut kept) = kept.try_borrow_mut()
+                        && let Some(kept) = kept.as_mut()
+                    {
+                        kept.retry_open_at = Some(Instant::now() + OPEN_BACKOFF);
+                    }
+                });
+                None
+            }
+        }
     }
 }
 
@@ -312,8 +333,14 @@ impl Drop for Lent {
 
 async fn run_postgres(db: &DatabaseConnection, sql: String) -> Result<Option<Vec<Row>>, DbErr> {
     let pool = db.get_postgres_connection_pool();
-    let fetched = match take_kept(&pool.connect_options()) {
+    let kept = match take_kept(&pool.connect_options()) {
         Some((taken, options)) => on_kept(taken, options, &sql).await,
+        None => None,
+    };
+    // No kept connection free, or none could be opened (the server's connection limit,
+    // say): the shared pool's.
+    let fetched = match kept {
+        Some(fetched) => fetched,
         None => fetch(pool, &sql).await,
     };
     let rows = match fetched {
@@ -344,12 +371,13 @@ fn declined(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some(DECLINED))
 }
 
-/// Runs `sql` on a kept connection (see the module's notes on pings and replacing).
+/// Runs `sql` on a kept connection (see the module's notes on pings and replacing);
+/// `None` when no connection could be opened for it and nothing was sent.
 async fn on_kept(
     taken: Taken,
     options: Arc<PgConnectOptions>,
     sql: &str,
-) -> Result<Vec<PgRow>, sqlx::Error> {
+) -> Option<Result<Vec<PgRow>, sqlx::Error>> {
     let mut lent = Lent {
         options,
         born: Instant::now(),
@@ -370,7 +398,7 @@ async fn on_kept(
     ON_KEPT.fetch_add(1, Ordering::Relaxed);
     let mut fetched = fetch(&mut conn, sql).await;
     if reused && matches!(&fetched, Err(e) if connection_lost(e)) {
-        // Cut since its last script: once more, on a new connection.
+        // Cut since its last script: once more, on a new connection (or the pool's).
         drop(conn);
         conn = lent.open().await?;
         fetched = fetch(&mut conn, sql).await;
@@ -382,7 +410,7 @@ async fn on_kept(
         Err(e) if declined(e) => lent.give_back(conn),
         Err(_) => {}
     }
-    fetched
+    Some(fetched)
 }
 
 /// `sql` run on `executor`, all its rows.
