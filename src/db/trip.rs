@@ -6,8 +6,8 @@
 //! which the server runs as one implicit transaction (an error anywhere rolls all of it
 //! back). Through sqlx each statement of a transaction is a round trip of its own (sqlx
 //! does not pipeline): a hold was seven and a settlement eight, each a write, a wake-up
-//! and two reads on the gateway's side, ~0.6 ms of its CPU per answer at 500 open
-//! streams. The simple protocol takes no parameters, so the values are written into the
+//! and two reads on the gateway's side; one query per script saved ~0.35 ms of its CPU per
+//! answer at 500 open streams (README, session 11). The simple protocol takes no parameters, so the values are written into the
 //! SQL as literals here, each cast to the type sqlx would have bound it as; a value this
 //! module cannot write exactly (a float, bytes, a string holding NUL…) makes the whole
 //! script decline to run, and the caller takes its general path.
@@ -237,8 +237,9 @@ pub async fn close_kept_connections() {
     }
 }
 
-/// One of this thread's kept connections for `options` (`None`: it keeps none for them,
-/// or all it may open are busy — the shared pool serves the script then).
+/// One of this thread's kept connections beside the pool of `pool` (`None`: it keeps
+/// none for that pool, all it may open are busy, or it waits out a failure to open one —
+/// the shared pool serves the script then).
 fn take_kept(pool: &Arc<PgConnectOptions>) -> Option<(Taken, Arc<PgConnectOptions>)> {
     KEPT.with(|kept| {
         let mut kept = kept.borrow_mut();
