@@ -150,10 +150,9 @@ impl Script {
             Kind::Postgres(sql) => postgres_push(sql, |out| {
                 let condition =
                     Statement::from_sql_and_values(DbBackend::Postgres, condition, values);
-                out.push_str("SELECT 1 WHERE 1 / (CASE WHEN ");
-                substitute(&condition, Placeholder::Question, out)?;
-                out.push_str(" THEN 1 ELSE 0 END) < 0");
-                Some(())
+                decline_unless(out, |out| {
+                    substitute(&condition, Placeholder::Question, out)
+                })
             }),
             Kind::Other => {}
         }
@@ -168,11 +167,10 @@ impl Script {
             ]),
             Kind::Postgres(sql) => postgres_push(sql, |out| {
                 with_changed(&statement, out)?;
-                out.push_str(
-                    "SELECT 1 WHERE 1 / (CASE WHEN (SELECT count(*) FROM \"changed\") = 1 \
-                     THEN 1 ELSE 0 END) < 0",
-                );
-                Some(())
+                decline_unless(out, |out| {
+                    out.push_str("(SELECT count(*) FROM \"changed\") = 1");
+                    Some(())
+                })
             }),
             Kind::Other => {}
         }
@@ -272,24 +270,35 @@ struct Lent {
 }
 
 impl Lent {
+    /// `f` on the connections this slot belongs to, if this thread still keeps them
+    /// (`try_with`: not at all once the thread's storage is gone, at its end).
+    fn with_kept(&self, f: impl FnOnce(&mut Kept)) {
+        let _ = KEPT.try_with(|kept| {
+            if let Ok(mut kept) = kept.try_borrow_mut()
+                && let Some(kept) = kept
+                    .as_mut()
+                    .filter(|k| Arc::ptr_eq(&k.options, &self.options))
+            {
+                f(kept);
+            }
+        });
+    }
+
     fn give_back(mut self, conn: PgConnection) {
         if self.born.elapsed() >= MAX_AGE {
             return;
         }
-        KEPT.with(|kept| {
-            if let Some(kept) = kept
-                .borrow_mut()
-                .as_mut()
-                .filter(|k| Arc::ptr_eq(&k.options, &self.options))
-            {
-                kept.idle.push(Idle {
-                    conn,
-                    since: Instant::now(),
-                    born: self.born,
-                });
-                self.counted = false;
-            }
+        let mut kept_it = false;
+        self.with_kept(|kept| {
+            kept.idle.push(Idle {
+                conn,
+                since: Instant::now(),
+                born: self.born,
+            });
+            kept_it = true;
         });
+        // Still open, now idle: its drop must not count it out.
+        self.counted = !kept_it;
     }
 
     /// A new connection in this slot; `None` (logged) when none can be opened.
@@ -301,13 +310,7 @@ impl Lent {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open a kept PostgreSQL connection; using the pool's");
-                let _ = KEPT.try_with(|kept| {
-                    if let Ok(mut kept) = kept.try_borrow_mut()
-                        && let Some(kept) = kept.as_mut()
-                    {
-                        kept.retry_open_at = Some(Instant::now() + OPEN_BACKOFF);
-                    }
-                });
+                self.with_kept(|kept| kept.retry_open_at = Some(Instant::now() + OPEN_BACKOFF));
                 None
             }
         }
@@ -316,23 +319,15 @@ impl Lent {
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        if !self.counted {
-            return;
+        if self.counted {
+            self.with_kept(|kept| kept.open = kept.open.saturating_sub(1));
         }
-        // `try_with`: nothing to count once the thread's storage is gone (its end).
-        let _ = KEPT.try_with(|kept| {
-            if let Ok(mut kept) = kept.try_borrow_mut()
-                && let Some(kept) = kept
-                    .as_mut()
-                    .filter(|k| Arc::ptr_eq(&k.options, &self.options))
-            {
-                kept.open = kept.open.saturating_sub(1);
-            }
-        });
     }
 }
 
 async fn run_postgres(db: &DatabaseConnection, sql: String) -> Result<Option<Vec<Row>>, DbErr> {
+    // Shared, not copied, by each send (a retry sends it again).
+    let sql: Arc<str> = sql.into();
     let pool = db.get_postgres_connection_pool();
     let kept = match take_kept(&pool.connect_options()) {
         Some((taken, options)) => on_kept(taken, options, &sql).await,
@@ -377,7 +372,7 @@ fn declined(e: &sqlx::Error) -> bool {
 async fn on_kept(
     taken: Taken,
     options: Arc<PgConnectOptions>,
-    sql: &str,
+    sql: &Arc<str>,
 ) -> Option<Result<Vec<PgRow>, sqlx::Error>> {
     let mut lent = Lent {
         options,
@@ -415,13 +410,13 @@ async fn on_kept(
 }
 
 /// `sql` run on `executor`, all its rows.
-async fn fetch<'e, E>(executor: E, sql: &str) -> Result<Vec<PgRow>, sqlx::Error>
+async fn fetch<'e, E>(executor: E, sql: &Arc<str>) -> Result<Vec<PgRow>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Postgres>,
 {
     // The values in `sql` are literals written by `literal` below, never text of a
     // statement pasted in: that is what makes it safe to send as it is.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(Arc::clone(sql)))
         .fetch_all(executor)
         .await
 }
@@ -458,6 +453,15 @@ fn postgres_push(sql: &mut Option<String>, write: impl FnOnce(&mut String) -> Op
             *sql = None;
         }
     }
+}
+
+/// A statement that returns no row, and fails with a division by zero ([`DECLINED`]) —
+/// rolling the whole script back — unless the condition `write` writes is true.
+fn decline_unless(out: &mut String, write: impl FnOnce(&mut String) -> Option<()>) -> Option<()> {
+    out.push_str("SELECT 1 WHERE 1 / (CASE WHEN ");
+    write(out)?;
+    out.push_str(" THEN 1 ELSE 0 END) < 0");
+    Some(())
 }
 
 /// `WITH "changed" AS (<statement> RETURNING 1) `: the rows `statement` changed, for the
