@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use chatgate::config::{Channel, Config, ModelConfig};
+use chatgate::config::{Config, ModelConfig};
 use chatgate::mock_upstream::{Fault, MockConfig, MockUpstream};
 use common::{Gateway, RawClient, databases, parse_mp, parse_sse};
 use serde_json::{Value, json};
@@ -18,19 +18,7 @@ const MODEL: &str = "gpt-4o-mini";
 /// One micro per output token, prompts free, at most 100 output tokens: the worst case
 /// of one answer is exactly 100 micros.
 fn priced(config: &mut Config, mock: &MockUpstream) {
-    config.channels = vec![Channel {
-        models: vec![MODEL.into()],
-        ..Channel::new("mock", mock.base_url())
-    }];
-    config.models.insert(
-        MODEL.into(),
-        ModelConfig {
-            input_micros_per_million: 0,
-            output_micros_per_million: 1_000_000,
-            max_output_tokens: 100,
-            ..ModelConfig::default()
-        },
-    );
+    common::one_micro_per_output_token(config, mock, MODEL);
 }
 
 /// An answer of exactly 100 pieces, so the mock reports 100 completion tokens.

@@ -7,7 +7,7 @@
 
 mod common;
 
-use chatgate::config::{Channel, Config, ModelConfig};
+use chatgate::config::Config;
 use chatgate::mock_upstream::{MockConfig, MockUpstream};
 use common::{Gateway, parse_mp, parse_sse};
 use serde_json::json;
@@ -18,19 +18,7 @@ const AFTER: &str = "以及后面不该出现的内容。";
 
 /// One micro per output token, prompts free, at most 100 output tokens.
 fn priced(config: &mut Config, mock: &MockUpstream) {
-    config.channels = vec![Channel {
-        models: vec![MODEL.into()],
-        ..Channel::new("mock", mock.base_url())
-    }];
-    config.models.insert(
-        MODEL.into(),
-        ModelConfig {
-            input_micros_per_million: 0,
-            output_micros_per_million: 1_000_000,
-            max_output_tokens: 100,
-            ..ModelConfig::default()
-        },
-    );
+    common::one_micro_per_output_token(config, mock, MODEL);
     config.safety.words = vec!["违禁词".into(), "Forbidden Thing".into()];
 }
 

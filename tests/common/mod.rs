@@ -8,12 +8,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatgate::app::App;
-use chatgate::config::Config;
+use chatgate::config::{Channel, Config, ModelConfig};
+use chatgate::mock_upstream::MockUpstream;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+
+/// `mock` as the one channel, serving `model` at one micro per output token, prompts free,
+/// at most 100 output tokens: the worst case of one answer is exactly 100 micros.
+pub fn one_micro_per_output_token(config: &mut Config, mock: &MockUpstream, model: &str) {
+    config.channels = vec![Channel {
+        models: vec![model.into()],
+        ..Channel::new("mock", mock.base_url())
+    }];
+    config.models.insert(
+        model.into(),
+        ModelConfig {
+            input_micros_per_million: 0,
+            output_micros_per_million: 1_000_000,
+            max_output_tokens: 100,
+            ..ModelConfig::default()
+        },
+    );
+}
 
 pub struct Gateway {
     pub addr: std::net::SocketAddr,
