@@ -2,7 +2,9 @@
 # The streaming benchmark of issue #9, in one command:
 #
 #   bench/run.sh            full run (~10 min): C = 1, 50, 500, 2000 × delay 0 / 20 ms,
-#                           PostgreSQL rows, then 10,000 open streams for 30 s
+#                           PostgreSQL rows, the per-answer rows, then 10,000 open
+#                           streams for 30 s
+#   bench/run.sh --per-answer-only     only the per-answer rows (below)
 #   bench/run.sh --quick    sanity check (~2 min): C = 1, 50, short windows, no 10k run
 #   bench/run.sh --open-streams-only   only the 10,000-stream run
 #   bench/run.sh --repeat N             every measured row N times (the rows of one C
@@ -18,6 +20,9 @@
 # mini-program framing with HTTP/1.1 to the mock (one connection per open answer, as
 # nginx) — and chatgate on PostgreSQL for two rows. At C = 1, delay 0, direct and SSE run
 # once more with a 50 ms pause between requests (the mini-program framing's own pause).
+# The per-answer rows (delay 0, C = 50) ask a third mock that answers with ONE piece: CPU
+# per chunk there is CPU per answer, what a request costs each proxy apart from relaying
+# pieces (chatgate: auth, hold, settlement, storing the answer; nginx: proxying a request).
 # CPU is utime+stime from /proc over the measured window / content pieces delivered in it;
 # RSS per stream = (median RSS during the window − RSS before the load) / C.
 # Prints one markdown table. Raw JSON lines are kept in $WORK/results.jsonl.
@@ -31,12 +36,13 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --quick) MODE=quick ;;
         --open-streams-only) MODE=open ;;
+        --per-answer-only) MODE=per-answer ;;
         --repeat)
             [ $# -ge 2 ] || { echo "--repeat needs a number of runs" >&2; exit 2; }
             REPEAT=$2
             shift
             ;;
-        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -85,8 +91,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-MOCK0=127.0.0.1:19100 MOCK20=127.0.0.1:19101
-NGINX0=127.0.0.1:19180 NGINX20=127.0.0.1:19181
+MOCK0=127.0.0.1:19100 MOCK20=127.0.0.1:19101 MOCK1=127.0.0.1:19103
+NGINX0=127.0.0.1:19180 NGINX20=127.0.0.1:19181 NGINX1=127.0.0.1:19183
 GATE=127.0.0.1:19200
 ADMIN=bench-admin
 
@@ -123,6 +129,7 @@ http {
     keepalive_requests 10000000;
     upstream mock0  { server $MOCK0;  keepalive 4096; keepalive_requests 10000000; }
     upstream mock20 { server $MOCK20; keepalive 4096; keepalive_requests 10000000; }
+    upstream mock1  { server $MOCK1;  keepalive 4096; keepalive_requests 10000000; }
     server {
         listen $NGINX0 backlog=4096;
         location / {
@@ -138,6 +145,17 @@ http {
         listen $NGINX20 backlog=4096;
         location / {
             proxy_pass http://mock20;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 300s;
+        }
+    }
+    server {
+        listen $NGINX1 backlog=4096;
+        location / {
+            proxy_pass http://mock1;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;
@@ -288,6 +306,24 @@ run_postgres() {
     done
 }
 
+# Delay 0, C = 50, answers of one piece: direct, nginx, chatgate SSE and mp (the rows of a
+# run interleaved as in run_rows; nginx proxies to this mock on a port of its own).
+run_per_answer() {
+    for round in $(seq 1 "$REPEAT"); do
+        echo "== per answer: one piece per answer, delay 0, C = 50 (run $round of $REPEAT)" >&2
+        loadgen "d0-c50-direct-1piece" openai "http://$MOCK1/v1" mock-model 50 \
+            --watch "mock=$mock1_PID"
+        loadgen "d0-c50-nginx-1piece" openai "http://$NGINX1/v1" mock-model 50 \
+            --watch "nginx=$NGINX_WORKERS" --watch "mock=$mock1_PID"
+        for framing in sse mp; do
+            start_gate "sqlite://$WORK/gate-$GATE_N.db?mode=rwc" "$MOCK1" true
+            loadgen "d0-c50-$framing-1piece" "$framing" "http://$GATE" slow 50 \
+                --watch "chatgate=$GATE_PID" --watch "mock=$mock1_PID"
+            stop_gate
+        done
+    done
+}
+
 run_open_streams() {
     # 10,000 streams, one piece every 500 ms, 80 pieces: each stream lives ~40 s; the
     # window (30 s) opens once every stream has started (5 s ramp + 1 s) and closes
@@ -317,11 +353,17 @@ STARTED=$(date +%s)
 if [ "$MODE" != open ]; then
     start_mock "$MOCK0" 0 0 mock0
     start_mock "$MOCK20" 20 0 mock20
+    CHUNKS=1 start_mock "$MOCK1" 0 0 mock1
     start_nginx
-    run_rows
-    run_postgres
+    if [ "$MODE" != per-answer ]; then
+        run_rows
+        run_postgres
+    fi
+    if [ "$MODE" != quick ]; then
+        run_per_answer
+    fi
 fi
-if [ "$MODE" != quick ]; then
+if [ "$MODE" = full ]; then
     run_open_streams
 fi
 

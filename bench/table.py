@@ -36,7 +36,8 @@ def main():
 
     print()
     print(
-        f"Chunks per answer: {chunks}. CPU = utime+stime of the proxy process over the "
+        f"Chunks per answer: {chunks} (1 in the rows marked 'one piece per answer'). "
+        "CPU = utime+stime of the proxy process over the "
         "measured window / content pieces delivered in it; x nginx = that ratio to nginx's "
         "in the same row group; RSS/stream = (median RSS during the window - RSS before "
         "the load, after the users were set up) / C, shown from C = 500 on."
@@ -58,13 +59,14 @@ def main():
         if label.startswith("open-"):
             continue
         delay, c, kind = label.split("-", 2)
-        # Rows with a pause between requests compare with direct under the same pause.
-        pause = "-pause" if kind.endswith("-pause") else ""
-        directs = runs.get(f"{delay}-{c}-direct{pause}", [])
-        nginxes = runs.get(f"{delay}-{c}-nginx", [])
-        name = {"direct": "mock", "direct-pause": "mock", "nginx": "nginx"}.get(
-            kind, "chatgate"
-        )
+        # Rows with a pause between requests compare with direct under the same pause (and
+        # not with nginx); rows of one piece per answer with direct and nginx of one piece.
+        variant = next((v for v in ("-pause", "-1piece") if kind.endswith(v)), "")
+        pause = variant == "-pause"
+        base = kind.removesuffix(variant)
+        directs = runs.get(f"{delay}-{c}-direct{variant}", [])
+        nginxes = runs.get(f"{delay}-{c}-nginx{variant if not pause else ''}", [])
+        name = {"direct": "mock", "nginx": "nginx"}.get(base, "chatgate")
         shares, addeds, ratios = [], [], []
         for k, r in enumerate(rs):
             direct = directs[k] if k < len(directs) else None
@@ -73,11 +75,11 @@ def main():
                 shares.append(100 * r["chunks_per_sec"] / direct["chunks_per_sec"])
                 addeds.append(r["ttfc_p50_ms"] - direct["ttfc_p50_ms"])
             nginx_cpu = proc(nginx, "nginx")["cpu_us_per_chunk"] if nginx else None
-            if nginx_cpu and not kind.startswith("direct") and not pause:
+            if nginx_cpu and base != "direct" and not pause:
                 ratios.append(proc(r, name)["cpu_us_per_chunk"] / nginx_cpu)
         ratio = median(ratios)
         ratio_text = fmt(ratio, ".2f", "×")
-        if len(ratios) > 1 and kind != "nginx":
+        if len(ratios) > 1 and base != "nginx":
             ratio_text += f" ({min(ratios):.2f}–{max(ratios):.2f})"
         path_name = {
             "direct": "direct (mock)",
@@ -86,13 +88,14 @@ def main():
             "sse": "chatgate SSE",
             "mp-h1": "chatgate mp, HTTP/1.1 upstream",
             "mp-pg": "chatgate mp (PostgreSQL)",
-            "direct-pause": "direct (mock), 50 ms pause between requests",
-            "sse-pause": "chatgate SSE, 50 ms pause between requests",
-        }.get(kind, kind)
+        }.get(base, base) + {
+            "-pause": ", 50 ms pause between requests",
+            "-1piece": ", one piece per answer (CPU per chunk = per answer)",
+        }.get(variant, "")
         # Below a few hundred streams, fixed memory (pools, caches) swamps the per-stream part.
         small = int(c[1:]) < 500
         rss = median(proc(r, name)["rss_per_stream_kb"] for r in rs)
-        rss_text = "–" if kind.startswith("direct") or small else f"{rss:.1f}"
+        rss_text = "–" if base == "direct" or small else f"{rss:.1f}"
         print(
             f"| {delay[1:]} ms | {c[1:]} | {path_name} "
             f"| {median(r['chunks_per_sec'] for r in rs):.0f} "
