@@ -363,7 +363,7 @@ if [ "$MODE" != open ]; then
         run_per_answer
     fi
 fi
-if [ "$MODE" = full ]; then
+if [ "$MODE" = full ] || [ "$MODE" = open ]; then
     run_open_streams
 fi
 
