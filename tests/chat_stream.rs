@@ -18,19 +18,12 @@ use serde_json::{Value, json};
 const MODEL: &str = "gpt-4o-mini";
 
 fn use_mock(config: &mut Config, mock: &MockUpstream) {
-    config.channels = vec![Channel {
-        api_keys: vec!["key-1".into()],
-        models: vec![MODEL.into()],
-        ..Channel::new("mock", mock.base_url())
-    }];
-    config.models.insert(
-        MODEL.into(),
-        ModelConfig {
-            input_micros_per_million: 150_000,
-            output_micros_per_million: 600_000,
-            ..ModelConfig::default()
-        },
-    );
+    let price = ModelConfig {
+        input_micros_per_million: 150_000,
+        output_micros_per_million: 600_000,
+        ..ModelConfig::default()
+    };
+    common::mock_serves(config, mock, MODEL, &["key-1"], price);
 }
 
 async fn gateway_with(

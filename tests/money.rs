@@ -8,18 +8,12 @@ mod common;
 
 use std::time::Duration;
 
-use chatgate::config::{Config, ModelConfig};
+use chatgate::config::ModelConfig;
 use chatgate::mock_upstream::{Fault, MockConfig, MockUpstream};
 use common::{Gateway, RawClient, databases, parse_mp, parse_sse};
 use serde_json::{Value, json};
 
 const MODEL: &str = "gpt-4o-mini";
-
-/// One micro per output token, prompts free, at most 100 output tokens: the worst case
-/// of one answer is exactly 100 micros.
-fn priced(config: &mut Config, mock: &MockUpstream) {
-    common::one_micro_per_output_token(config, mock, MODEL);
-}
 
 /// An answer of exactly 100 pieces, so the mock reports 100 completion tokens.
 fn hundred_pieces() -> MockConfig {
@@ -34,7 +28,8 @@ fn hundred_pieces() -> MockConfig {
 async fn a_balance_for_one_answer_serves_exactly_one_of_200_concurrent_chats() {
     for (db, url) in databases().await {
         let mock = MockUpstream::start(hundred_pieces()).await.unwrap();
-        let gw = Gateway::start_on(url, |c| priced(c, &mock)).await;
+        let gw =
+            Gateway::start_on(url, |c| common::one_micro_per_output_token(c, &mock, MODEL)).await;
         let (token, user_id) = gw.register_with("rich-for-one", 100).await;
         let body = json!({"message": "hi"}).to_string();
         let mut tasks = Vec::new();
@@ -124,7 +119,7 @@ async fn balances_equal_credits_minus_costs_after_drops_and_faults() {
         .await
         .unwrap();
         let gw = Gateway::start_on(url, |c| {
-            priced(c, &mock);
+            common::one_micro_per_output_token(c, &mock, MODEL);
             let m = c.models.get_mut(MODEL).unwrap();
             m.input_micros_per_million = 333_333;
             m.output_micros_per_million = 777_777;
@@ -329,7 +324,7 @@ async fn free_quota_first_then_codes_then_money_and_guests_get_the_quota_only() 
     for (db, url) in databases().await {
         let mock = MockUpstream::start(hundred_pieces()).await.unwrap();
         let gw = Gateway::start_on(url, |c| {
-            priced(c, &mock);
+            common::one_micro_per_output_token(c, &mock, MODEL);
             c.free_messages_per_day = 2;
         })
         .await;
@@ -475,7 +470,8 @@ async fn stop_bills_what_was_produced_and_failures_bill_nothing() {
         })
         .await
         .unwrap();
-        let gw = Gateway::start_on(url, |c| priced(c, &mock)).await;
+        let gw =
+            Gateway::start_on(url, |c| common::one_micro_per_output_token(c, &mock, MODEL)).await;
         let (token, _) = gw.register_with("stopper", 1_000).await;
         let body = json!({"message": "go"}).to_string();
         let mut client = gw.open_chat(&token, &body, true).await;

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use chatgate::config::{Channel, ModelConfig};
+use chatgate::config::ModelConfig;
 use chatgate::mock_upstream::{self, Fault, MockConfig, MockUpstream};
 use common::{Gateway, RawClient};
 use serde_json::{Value, json};
@@ -19,19 +19,12 @@ const MODEL: &str = "gpt-4o-mini";
 async fn setup(mock_config: MockConfig) -> (Gateway, MockUpstream) {
     let mock = MockUpstream::start(mock_config).await.unwrap();
     let gw = Gateway::start(|c| {
-        c.channels = vec![Channel {
-            api_keys: vec!["upstream-key".into()],
-            models: vec![MODEL.into()],
-            ..Channel::new("mock", mock.base_url())
-        }];
-        c.models.insert(
-            MODEL.into(),
-            ModelConfig {
-                input_micros_per_million: 1_000_000,
-                output_micros_per_million: 2_000_000,
-                ..ModelConfig::default()
-            },
-        );
+        let price = ModelConfig {
+            input_micros_per_million: 1_000_000,
+            output_micros_per_million: 2_000_000,
+            ..ModelConfig::default()
+        };
+        common::mock_serves(c, &mock, MODEL, &["upstream-key"], price);
     })
     .await;
     (gw, mock)

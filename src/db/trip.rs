@@ -7,8 +7,8 @@
 //! back). Through sqlx each statement of a transaction is a round trip of its own (sqlx
 //! does not pipeline): a hold was seven and a settlement eight, each a write, a wake-up
 //! and two reads on the gateway's side; one query per script saved ~0.35 ms of its CPU per
-//! answer at 500 open streams (README, session 11). The simple protocol takes no parameters, so the values are written into the
-//! SQL as literals here, each cast to the type sqlx would have bound it as; a value this
+//! answer at 500 open streams (bench/HISTORY.md, session 11). The simple protocol takes no
+//! parameters, so the values are written into the SQL as literals here, each cast to the type sqlx would have bound it as; a value this
 //! module cannot write exactly (a float, bytes, a string holding NUL…) makes the whole
 //! script decline to run, and the caller takes its general path.
 //!
@@ -271,34 +271,34 @@ struct Lent {
 
 impl Lent {
     /// `f` on the connections this slot belongs to, if this thread still keeps them
-    /// (`try_with`: not at all once the thread's storage is gone, at its end).
-    fn with_kept(&self, f: impl FnOnce(&mut Kept)) {
-        let _ = KEPT.try_with(|kept| {
-            if let Ok(mut kept) = kept.try_borrow_mut()
-                && let Some(kept) = kept
-                    .as_mut()
-                    .filter(|k| Arc::ptr_eq(&k.options, &self.options))
-            {
-                f(kept);
-            }
-        });
+    /// (`try_with`: not at all once the thread's storage is gone, at its end); `None`
+    /// when it does not.
+    fn with_kept<R>(&self, f: impl FnOnce(&mut Kept) -> R) -> Option<R> {
+        KEPT.try_with(|kept| {
+            let mut kept = kept.try_borrow_mut().ok()?;
+            let kept = kept
+                .as_mut()
+                .filter(|k| Arc::ptr_eq(&k.options, &self.options))?;
+            Some(f(kept))
+        })
+        .ok()
+        .flatten()
     }
 
     fn give_back(mut self, conn: PgConnection) {
         if self.born.elapsed() >= MAX_AGE {
             return;
         }
-        let mut kept_it = false;
-        self.with_kept(|kept| {
+        let born = self.born;
+        let kept_it = self.with_kept(|kept| {
             kept.idle.push(Idle {
                 conn,
                 since: Instant::now(),
-                born: self.born,
+                born,
             });
-            kept_it = true;
         });
         // Still open, now idle: its drop must not count it out.
-        self.counted = !kept_it;
+        self.counted = kept_it.is_none();
     }
 
     /// A new connection in this slot; `None` (logged) when none can be opened.

@@ -16,22 +16,32 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-/// `mock` as the one channel, serving `model` at one micro per output token, prompts free,
-/// at most 100 output tokens: the worst case of one answer is exactly 100 micros.
-pub fn one_micro_per_output_token(config: &mut Config, mock: &MockUpstream, model: &str) {
+/// `mock` as the one channel (with `api_keys`), serving `model` at `price`.
+pub fn mock_serves(
+    config: &mut Config,
+    mock: &MockUpstream,
+    model: &str,
+    api_keys: &[&str],
+    price: ModelConfig,
+) {
     config.channels = vec![Channel {
+        api_keys: api_keys.iter().map(|k| k.to_string()).collect(),
         models: vec![model.into()],
         ..Channel::new("mock", mock.base_url())
     }];
-    config.models.insert(
-        model.into(),
-        ModelConfig {
-            input_micros_per_million: 0,
-            output_micros_per_million: 1_000_000,
-            max_output_tokens: 100,
-            ..ModelConfig::default()
-        },
-    );
+    config.models.insert(model.into(), price);
+}
+
+/// `mock` as the one channel, serving `model` at one micro per output token, prompts free,
+/// at most 100 output tokens: the worst case of one answer is exactly 100 micros.
+pub fn one_micro_per_output_token(config: &mut Config, mock: &MockUpstream, model: &str) {
+    let price = ModelConfig {
+        input_micros_per_million: 0,
+        output_micros_per_million: 1_000_000,
+        max_output_tokens: 100,
+        ..ModelConfig::default()
+    };
+    mock_serves(config, mock, model, &[], price);
 }
 
 pub struct Gateway {
